@@ -1,0 +1,1 @@
+"""opdkit lab: the paper's mechanisms reproduced cheaply on a CPU."""

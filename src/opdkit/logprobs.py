@@ -1,0 +1,186 @@
+"""Log-probabilities done once and right: alignment, selective log-softmax, chunked objectives.
+
+Alignment convention (the one place it lives): a causal LM's output at position t scores
+the token at position t + 1. `align_next_token` turns (outputs over the full sequence,
+input ids, response mask) into (outputs that score something, the ids they score, the
+mask of positions whose scored token is a response token).
+
+The chunked path takes hidden states and lm-head weights instead of logits and runs any
+objective over row chunks, so the (N, T, V) fp32 logits never exist at once. It computes
+the gradient during the forward (the loss is a weighted sum, so the upstream gradient is
+a scalar) and keeps only dL/dhidden and dL/dweight: the four N x H x V matmuls that any
+exact forward+backward needs, and no recomputation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from opdkit.scores import ObjectiveInputs, ObjectiveOutput
+
+Objective = Callable[[Tensor, ObjectiveInputs], ObjectiveOutput]
+
+
+def align_next_token(outputs: Tensor, input_ids: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(outputs[:, :-1], input_ids[:, 1:], response_mask[:, 1:]).
+
+    outputs: (N, L, ...) logits or hidden states over the whole sequence (prompt + response).
+    input_ids, response_mask: (N, L); response_mask is 1 on response tokens (not prompt, not pad).
+    Output position t scores token t + 1, so the mask is taken from the scored tokens.
+    """
+    if outputs.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
+        raise ValueError(f"outputs {tuple(outputs.shape[:2])}, input_ids {tuple(input_ids.shape)} and "
+                         f"response_mask {tuple(response_mask.shape)} must share (N, L)")
+    return outputs[:, :-1], input_ids[:, 1:], response_mask[:, 1:]
+
+
+def selective_log_softmax(logits: Tensor, ids: Tensor) -> Tensor:
+    """log softmax(logits)[ids] in fp32 without keeping a full log-softmax: (..., V), (...) -> (...)."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    flat_ids = ids.reshape(-1, 1).long()
+    out = []
+    for start in range(0, rows.shape[0], 1024):     # bounds the fp32 upcast to 1024 rows
+        chunk = rows[start:start + 1024].float()
+        out.append(chunk.gather(-1, flat_ids[start:start + 1024]).squeeze(-1) - torch.logsumexp(chunk, -1))
+    return torch.cat(out).view(ids.shape) if out else logits.new_zeros(ids.shape, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Hidden states and the lm-head that turns them into logits: logits = (h W^T + b) / T."""
+
+    hidden: Tensor              # (..., H)
+    weight: Tensor              # (V, H)
+    bias: Tensor | None = None  # (V,)
+    temperature: float = 1.0
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return F.linear(hidden, self.weight, self.bias) / self.temperature
+
+
+@dataclass(frozen=True)
+class ObjectiveResult:
+    loss: Tensor                 # scalar: sum of token_weights * per-token loss
+    per_token: Tensor            # (...,) detached per-token loss
+    metrics: dict[str, Tensor]   # (...,) each, detached
+
+
+def objective_loss(objective: Objective, logits: Tensor, inputs: ObjectiveInputs,
+                   token_weights: Tensor) -> ObjectiveResult:
+    """The plain path: materialised logits (..., V) in, weighted loss out."""
+    out = objective(logits, inputs)
+    loss = (out.loss * token_weights).sum()
+    return ObjectiveResult(loss, out.loss.detach(), {k: v.detach() for k, v in out.metrics.items()})
+
+
+def chunked_objective_loss(objective: Objective, student: Head, inputs: ObjectiveInputs,
+                           token_weights: Tensor, teacher: Head | None = None,
+                           chunk_size: int = 256) -> ObjectiveResult:
+    """Same result and gradients as `objective_loss` on full logits, chunk by chunk.
+
+    student.hidden: (..., H) with grad; inputs and token_weights share its leading shape.
+    teacher: when given, the teacher's full log-probs are computed per chunk from its
+    hidden states (under no_grad) and added to inputs.teacher. Rows with zero weight
+    (prompt, padding) are skipped; their per-token values are reported as 0.
+    """
+    lead = tuple(student.hidden.shape[:-1])
+    if tuple(token_weights.shape) != lead:
+        raise ValueError(f"token_weights has shape {tuple(token_weights.shape)}; expected {lead}")
+    if teacher is not None and tuple(teacher.hidden.shape[:-1]) != lead:
+        raise ValueError(f"teacher hidden has leading shape {tuple(teacher.hidden.shape[:-1])}; expected {lead}")
+    rows = token_weights.reshape(-1).nonzero().squeeze(-1)      # one host sync per call
+    plan = _ChunkPlan(objective, student, inputs.flatten().rows(rows), token_weights.reshape(-1)[rows],
+                      None if teacher is None else replace(teacher, hidden=teacher.hidden.reshape(-1, teacher.hidden.shape[-1])[rows]),
+                      chunk_size)
+    hidden = student.hidden.reshape(-1, student.hidden.shape[-1])[rows]
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or student.weight.requires_grad or
+                                              (student.bias is not None and student.bias.requires_grad))
+    if needs_grad:
+        loss = _ChunkedLoss.apply(hidden, student.weight, student.bias, plan)
+    else:
+        with torch.no_grad():
+            loss = plan.run(hidden, want_grads=False)[0]
+    per_token, metrics = plan.scatter_back(rows, lead, token_weights.numel())
+    return ObjectiveResult(loss, per_token, metrics)
+
+
+class _ChunkPlan:
+    """One chunked evaluation: runs the objective per chunk and collects values and grads."""
+
+    def __init__(self, objective, student: Head, inputs: ObjectiveInputs, weights: Tensor,
+                 teacher: Head | None, chunk_size: int):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.objective, self.student, self.inputs = objective, student, inputs
+        self.weights, self.teacher, self.chunk_size = weights, teacher, chunk_size
+        self.per_token: list[Tensor] = []
+        self.metrics: list[dict[str, Tensor]] = []
+
+    def _chunk_inputs(self, rows: slice) -> ObjectiveInputs:
+        chunk = self.inputs.rows(rows)
+        if self.teacher is None:
+            return chunk
+        with torch.no_grad():
+            logq = F.log_softmax(self.teacher.logits(self.teacher.hidden[rows]).float(), dim=-1)
+        return replace(chunk, teacher=replace(chunk.teacher, logprobs=logq))
+
+    def run(self, hidden: Tensor, want_grads: bool):
+        """Returns (loss, grad_hidden, grad_weight, grad_bias); grads are None unless wanted."""
+        weight, bias = self.student.weight, self.student.bias
+        grad_h = torch.zeros_like(hidden) if want_grads else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
+        grad_b = None if bias is None or not want_grads else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            h = hidden[rows].detach()
+            raw = F.linear(h, weight.detach(), None if bias is None else bias.detach())   # (C, V)
+            raw.requires_grad_(want_grads)
+            with torch.set_grad_enabled(want_grads):
+                out = self.objective(raw / self.student.temperature, self._chunk_inputs(rows))
+                chunk_loss = (out.loss * self.weights[rows]).sum()
+            if want_grads:
+                (g,) = torch.autograd.grad(chunk_loss, raw)                               # (C, V)
+                grad_h[rows] = g @ weight.detach()
+                if g.dtype == torch.float32:
+                    grad_w.addmm_(g.t(), h)                      # in place: no (V, H) temporary
+                else:
+                    grad_w += (g.t() @ h).float()                # low precision: accumulate in fp32
+                if grad_b is not None:
+                    grad_b += g.float().sum(0)
+            total += chunk_loss.detach()
+            self.per_token.append(out.loss.detach())
+            self.metrics.append({k: v.detach() for k, v in out.metrics.items()})
+        return total, grad_h, grad_w, grad_b
+
+    def scatter_back(self, rows: Tensor, lead: tuple[int, ...], numel: int):
+        """Per-token loss and metrics at their original positions (0 where skipped)."""
+        def place(parts: list[Tensor]) -> Tensor:
+            values = torch.cat(parts) if parts else torch.zeros(0)
+            full = torch.zeros(numel, dtype=torch.float32, device=rows.device)
+            full[rows] = values.float()
+            return full.view(lead)
+        per_token = place(self.per_token)
+        keys = self.metrics[0].keys() if self.metrics else ()
+        metrics = {k: place([m[k] for m in self.metrics]) for k in keys}
+        return per_token, metrics
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Scalar loss whose gradients were computed in forward; backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, plan: _ChunkPlan) -> Tensor:
+        total, grad_h, grad_w, grad_b = plan.run(hidden, want_grads=True)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = lambda g: None if g is None else g * grad_out.to(g.dtype)  # noqa: E731
+        return scale(grad_h), scale(grad_w), scale(grad_b), None

@@ -1,0 +1,314 @@
+"""Every token-level distillation objective, as small pure torch functions picked by name.
+
+Each objective maps student logits (..., V) and `ObjectiveInputs` to an `ObjectiveOutput`:
+a per-token loss (...,) and per-token diagnostics (...,) computed from the same tensors.
+Reduction over tokens lives in `opdkit.reduction`; nothing here knows about masks, batches
+or configs. The math, gradients and fixed points are in ../shared/MATH.md; `OBJECTIVES`
+below is the one table (`opdkit objectives` prints it).
+
+Conventions: p = softmax(student logits), q = teacher, both at the same position;
+RKL = KL(p || q), FKL = KL(q || p). Logits are upcast to fp32 before any log-softmax.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from opdkit.scores import ObjectiveInputs, ObjectiveOutput, check_shapes, require, upcast
+from opdkit import topk as topk_lib
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _logp(logits: Tensor) -> Tensor:
+    return F.log_softmax(upcast(logits), dim=-1)
+
+
+def _gather(t: Tensor, ids: Tensor) -> Tensor:
+    return t.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
+
+
+def teacher_logprob_of_sampled(inputs: ObjectiveInputs, objective: str) -> Tensor:
+    """log q(y_t): from the teacher's sampled-token scores, else from its full log-probs."""
+    t = inputs.teacher
+    if t.sampled_logprobs is not None:
+        return upcast(t.sampled_logprobs)
+    if t.logprobs is not None:
+        return _gather(upcast(t.logprobs), inputs.ids)
+    require(objective, inputs, ("sampled_logprobs",))
+    raise AssertionError("unreachable")
+
+
+def policy_gradient_loss(logp_y: Tensor, advantage: Tensor, behaviour_logprobs: Tensor | None,
+                         clip: float | None) -> Tensor:
+    """-A * log p(y), or the importance-weighted -rho * A against a behaviour policy.
+
+    With `clip` the PPO form -min(rho A, clip(rho, 1-eps, 1+eps) A) is used. The advantage
+    is treated as a constant (stop-gradient) in every form.
+    """
+    advantage = advantage.detach()
+    if behaviour_logprobs is None:
+        return -advantage * logp_y
+    ratio = torch.exp(logp_y - upcast(behaviour_logprobs))
+    if clip is None:
+        return -ratio * advantage
+    clipped = ratio.clamp(1.0 - clip, 1.0 + clip)
+    return -torch.minimum(ratio * advantage, clipped * advantage)
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = False,
+                     eps: float = 1e-6) -> Tensor:
+    """GRPO advantages: reward minus its group's mean (optionally / group std).
+
+    rewards: (B * G,) with each prompt's G samples contiguous. Returns (B * G,).
+    """
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, "
+                         f"got shape {tuple(rewards.shape)}")
+    grouped = upcast(rewards).view(-1, group_size)                 # (B, G)
+    adv = grouped - grouped.mean(-1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (grouped.std(-1, keepdim=True, unbiased=False) + eps)
+    return adv.view(-1)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+def sampled_rkl(logits: Tensor, inputs: ObjectiveInputs, clip: float | None = None,
+                diagnostic_k: int = 20) -> ObjectiveOutput:
+    """Sampled-token RKL in policy-gradient form: -sg(log q(y) - log p(y)) * log p(y).
+
+    Its expected gradient over y ~ p is the full-vocabulary RKL gradient. Differentiating
+    log p(y) - log q(y) directly (OOPD's "explicit" mode) has zero expected gradient: never.
+    """
+    logp = _logp(logits)
+    logp_y = _gather(logp, inputs.ids)
+    reward = teacher_logprob_of_sampled(inputs, "sampled_rkl") - logp_y.detach()
+    loss = policy_gradient_loss(logp_y, reward, inputs.behaviour_logprobs, clip)
+    metrics = topk_lib.position_metrics(logp.detach(), inputs.teacher, diagnostic_k)
+    metrics["reward"] = reward
+    metrics["negative_reward"] = (reward < 0).float()
+    if inputs.teacher.logprobs is not None:
+        metrics["teacher_rank"] = topk_lib.rank_of(inputs.teacher.logprobs, inputs.ids)
+    return ObjectiveOutput(loss, metrics)
+
+
+def _full_pair(logits: Tensor, inputs: ObjectiveInputs, name: str) -> tuple[Tensor, Tensor]:
+    require(name, inputs, ("logprobs",))
+    return _logp(logits), upcast(inputs.teacher.logprobs)
+
+
+def _kl(logp_a: Tensor, logp_b: Tensor) -> Tensor:
+    """KL(a || b) over the last axis; terms with a = 0 contribute 0 (even if b = 0)."""
+    a = logp_a.exp()
+    return torch.where(a > 0, a * (logp_a - logp_b), torch.zeros_like(a)).sum(-1)
+
+
+def _with_metrics(loss: Tensor, logp: Tensor, inputs: ObjectiveInputs, k: int) -> ObjectiveOutput:
+    return ObjectiveOutput(loss, topk_lib.position_metrics(logp.detach(), inputs.teacher, k))
+
+
+def rkl(logits: Tensor, inputs: ObjectiveInputs, diagnostic_k: int = 20) -> ObjectiveOutput:
+    """Full-vocabulary reverse KL, sum_v p (log p - log q). Fixed point p = q."""
+    logp, logq = _full_pair(logits, inputs, "rkl")
+    return _with_metrics(_kl(logp, logq), logp, inputs, diagnostic_k)
+
+
+def fkl(logits: Tensor, inputs: ObjectiveInputs, diagnostic_k: int = 20) -> ObjectiveOutput:
+    """Full-vocabulary forward KL, sum_v q (log q - log p). Fixed point p = q."""
+    logp, logq = _full_pair(logits, inputs, "fkl")
+    return _with_metrics(_kl(logq, logp), logp, inputs, diagnostic_k)
+
+
+def _jsd_terms(logp: Tensor, logq: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """KL(q || m) and KL(p || m) with m = beta q + (1 - beta) p, 0 < beta < 1."""
+    log_m = torch.logaddexp(logp + torch.log1p(torch.tensor(-beta)), logq + torch.log(torch.tensor(beta)))
+    return _kl(logq, log_m), _kl(logp, log_m)
+
+
+def jsd(logits: Tensor, inputs: ObjectiveInputs, beta: float = 0.5,
+        diagnostic_k: int = 20) -> ObjectiveOutput:
+    """Generalised JSD(beta) = beta KL(q||m) + (1-beta) KL(p||m), TRL's convention.
+
+    Like TRL's generalized_jsd_loss, beta = 0 returns FKL and beta = 1 returns RKL; the
+    interior formula tends to 0 at both ends, so this family jumps there. Prefer jsd_norm.
+    """
+    logp, logq = _full_pair(logits, inputs, "jsd")
+    if beta == 0.0:
+        loss = _kl(logq, logp)
+    elif beta == 1.0:
+        loss = _kl(logp, logq)
+    else:
+        kl_q, kl_p = _jsd_terms(logp, logq, beta)
+        loss = beta * kl_q + (1.0 - beta) * kl_p
+    return _with_metrics(loss, logp, inputs, diagnostic_k)
+
+
+def jsd_norm(logits: Tensor, inputs: ObjectiveInputs, beta: float = 0.5,
+             diagnostic_k: int = 20) -> ObjectiveOutput:
+    """JSD(beta) / (beta (1 - beta)): continuous on [0, 1], FKL at beta = 0, RKL at beta = 1.
+
+    Written as KL(q||m)/(1-beta) + KL(p||m)/beta so no term is divided after it vanished.
+    """
+    logp, logq = _full_pair(logits, inputs, "jsd_norm")
+    if beta == 0.0:
+        loss = _kl(logq, logp)
+    elif beta == 1.0:
+        loss = _kl(logp, logq)
+    else:
+        kl_q, kl_p = _jsd_terms(logp, logq, beta)
+        loss = kl_q / (1.0 - beta) + kl_p / beta
+    return _with_metrics(loss, logp, inputs, diagnostic_k)
+
+
+def kl_mix(logits: Tensor, inputs: ObjectiveInputs, lam: float = 0.5,
+           diagnostic_k: int = 20) -> ObjectiveOutput:
+    """lam * FKL + (1 - lam) * RKL (Decoupling's KL mixing). Fixed point p = q."""
+    logp, logq = _full_pair(logits, inputs, "kl_mix")
+    loss = lam * _kl(logq, logp) + (1.0 - lam) * _kl(logp, logq)
+    return _with_metrics(loss, logp, inputs, diagnostic_k)
+
+
+def topk_rkl(logits: Tensor, inputs: ObjectiveInputs, k: int = 20, support: str = "student",
+             norm: str = "stopgrad", include_sampled: bool = False) -> ObjectiveOutput:
+    """Top-K reverse KL on a per-position support K; see `opdkit.topk` for the four norms."""
+    return topk_lib.topk_rkl(_logp(logits), inputs, k, support, norm, include_sampled)
+
+
+def topk_fkl_teacher(logits: Tensor, inputs: ObjectiveInputs, k: int = 20) -> ObjectiveOutput:
+    """Teacher top-K forward KL, sum_{K_T} q (log q - log p), p normalised over all V.
+
+    Fixed point p = q / Q_K on K_T and 0 elsewhere: it over-concentrates the student.
+    """
+    return topk_lib.topk_fkl_teacher(_logp(logits), inputs, k)
+
+
+def sft(logits: Tensor, inputs: ObjectiveInputs) -> ObjectiveOutput:
+    """Negative log-likelihood of the given tokens (teacher-written or filtered traces)."""
+    logp = _logp(logits)
+    nll = -_gather(logp, inputs.ids)
+    return ObjectiveOutput(nll, {"student_entropy": topk_lib.entropy(logp.detach())})
+
+
+def grpo(logits: Tensor, inputs: ObjectiveInputs, clip: float | None = 0.2) -> ObjectiveOutput:
+    """Policy gradient with group-relative advantages (inputs.advantages), PPO clip vs the sampler."""
+    require("grpo", inputs, ("advantages",))
+    logp = _logp(logits)
+    logp_y = _gather(logp, inputs.ids)
+    loss = policy_gradient_loss(logp_y, upcast(inputs.advantages), inputs.behaviour_logprobs, clip)
+    return ObjectiveOutput(loss, {"student_entropy": topk_lib.entropy(logp.detach())})
+
+
+# ----------------------------------------------------------------------------- the table
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    fn: Callable[..., ObjectiveOutput]
+    options: dict                 # fixed options that define this name (e.g. norm='none')
+    teacher: str                  # what the teacher must provide: full | top-k | sampled | none
+    sound: bool | None            # zero loss and gradient when student == teacher (None: no teacher)
+    description: str
+    fixed_point: str
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "sampled_rkl": ObjectiveSpec(sampled_rkl, {}, "sampled", True,
+        "Sampled-token RKL, policy-gradient form -sg(log q - log p)(y) log p(y); optional ratio vs sampler",
+        "p = q (unbiased estimate of the full RKL gradient)"),
+    "rkl": ObjectiveSpec(rkl, {}, "full", True, "Full-vocabulary reverse KL(p || q)", "p = q"),
+    "fkl": ObjectiveSpec(fkl, {}, "full", True, "Full-vocabulary forward KL(q || p)", "p = q"),
+    "jsd": ObjectiveSpec(jsd, {}, "full", True,
+        "Generalised JSD(beta), TRL convention (FKL at beta=0, RKL at beta=1, jumps there)", "p = q"),
+    "jsd_norm": ObjectiveSpec(jsd_norm, {}, "full", True,
+        "JSD(beta)/(beta(1-beta)): continuous family with FKL (beta=0) and RKL (beta=1) as ends", "p = q"),
+    "kl_mix": ObjectiveSpec(kl_mix, {}, "full", True, "lam*FKL + (1-lam)*RKL (Decoupling)", "p = q"),
+    "topk_rkl": ObjectiveSpec(topk_rkl, {}, "full or top-k", True,
+        "Top-K RKL; options k, support, norm, include_sampled (default: student top-20, stop-grad)",
+        "depends on norm (see the four named variants)"),
+    "topk_rkl_unnorm": ObjectiveSpec(topk_rkl, {"norm": "none"}, "full or top-k", False,
+        "Unnormalised top-K RKL: biased '+1' gradient drains mass from K (Many Faces' collapse)",
+        "p = q/e on K (P_K -> Q_K/e); with student top-K the leak never stops"),
+    "topk_rkl_sg": ObjectiveSpec(topk_rkl, {"norm": "stopgrad"}, "full or top-k", True,
+        "Stop-gradient top-K RKL sum_K p sg(log p - log q): the '+1' removed (recommended)",
+        "p = q on K"),
+    "topk_rkl_renorm": ObjectiveSpec(topk_rkl, {"norm": "renorm"}, "full or top-k", True,
+        "Renormalised top-K RKL KL(p/P_K || q/Q_K) on K (Revisiting's local support matching)",
+        "p/P_K = q/Q_K on K; P_K free"),
+    "topk_rkl_tail": ObjectiveSpec(topk_rkl, {"norm": "tail"}, "full or top-k", True,
+        "Top-K RKL plus a tail bucket: exact KL of the (K+1)-outcome coarsening",
+        "p = q on K and P_tail = Q_tail"),
+    "topk_fkl_teacher": ObjectiveSpec(topk_fkl_teacher, {}, "top-k", False,
+        "Teacher top-K forward KL -sum_{K_T} q log p (verl forward_kl_topk)",
+        "p = q/Q_K on K_T, 0 elsewhere (over-concentrates)"),
+    "sft": ObjectiveSpec(sft, {}, "none", None, "NLL of given tokens (SFT on teacher traces)",
+        "p = the data distribution"),
+    "grpo": ObjectiveSpec(grpo, {}, "none", None,
+        "GRPO policy gradient with group-relative advantages, PPO clip vs the sampler",
+        "maximises expected verifiable reward"),
+}
+
+OPTION_CHOICES = {"support": topk_lib.SUPPORTS, "norm": topk_lib.NORMS}
+
+
+def make_objective(name: str, **options) -> Callable[[Tensor, ObjectiveInputs], ObjectiveOutput]:
+    """The objective called `name` with `options` bound; rejects unknown names and bad values.
+
+    The returned callable checks input shapes on every call, so a wrong teacher tensor is
+    caught where it enters, with the argument named.
+    """
+    if name not in OBJECTIVES:
+        close = difflib.get_close_matches(name, OBJECTIVES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown objective {name!r}.{hint} Known: {', '.join(OBJECTIVES)}")
+    spec = OBJECTIVES[name]
+    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in ("logits", "inputs")]
+    for key in options:
+        if key not in allowed:
+            raise ValueError(f"objective {name!r} has no option {key!r}; its options are {allowed}")
+        if key in spec.options and options[key] != spec.options[key]:
+            raise ValueError(f"objective {name!r} fixes {key}={spec.options[key]!r}; use 'topk_rkl' to vary it")
+    bound = {**spec.options, **options}
+    _validate_options(name, bound)
+    fn = partial(spec.fn, **bound)
+
+    def objective(logits: Tensor, inputs: ObjectiveInputs) -> ObjectiveOutput:
+        check_shapes(logits, inputs)
+        k = bound.get("k")
+        if k is not None and k > logits.shape[-1]:
+            raise ValueError(f"k={k} is larger than the vocabulary ({logits.shape[-1]} tokens)")
+        return fn(logits, inputs)
+
+    objective.__name__ = name
+    objective.options = bound  # type: ignore[attr-defined]
+    return objective
+
+
+def _validate_options(name: str, options: dict) -> None:
+    for key in ("beta", "lam"):
+        if key in options and not 0.0 <= float(options[key]) <= 1.0:
+            raise ValueError(f"{name}: {key} must lie in [0, 1], got {options[key]}")
+    for key in ("k", "diagnostic_k"):
+        if key in options and (not isinstance(options[key], int) or options[key] < 1):
+            raise ValueError(f"{name}: {key} must be a positive integer, got {options[key]!r}")
+    if options.get("clip") is not None and not options["clip"] > 0:
+        raise ValueError(f"{name}: clip must be positive or None, got {options['clip']}")
+    for key, choices in OPTION_CHOICES.items():
+        if key in options and options[key] not in choices:
+            raise ValueError(f"{name}: {key} must be one of {choices}, got {options[key]!r}")
+
+
+def describe() -> str:
+    """The table printed by `opdkit objectives`: name, teacher needs, soundness, fixed point."""
+    lines = []
+    for name, s in OBJECTIVES.items():
+        sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
+        lines.append(f"{name:<17} [{s.teacher}; {sound}] {s.description}")
+        lines.append(f"{'':<17} fixed point: {s.fixed_point}")
+    return "\n".join(lines)

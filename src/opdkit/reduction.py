@@ -1,0 +1,38 @@
+"""Reducing per-token losses: one token mean over the whole optimizer step.
+
+A step may span several micro-batches (and, later, ranks). Dividing each micro-batch by its
+own token count weights short micro-batches up (the gradient-accumulation bug peers keep
+reporting: TRL #6006, #6478). Instead count the loss-bearing tokens of the whole step first
+and divide every micro-batch's masked sum by that one number.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+
+def count_tokens(masks: Iterable[Tensor]) -> Tensor:
+    """Loss-bearing tokens across all micro-batches of one optimizer step."""
+    return sum((m.float().sum() for m in masks), torch.zeros(()))
+
+
+def token_weights(mask: Tensor, step_tokens: Tensor | float) -> Tensor:
+    """Per-token weights (N, T): mask / step_tokens, so sum(weights * loss) is the step mean."""
+    return mask.float() / torch.as_tensor(step_tokens, dtype=torch.float32).clamp_min(1.0)
+
+
+def token_mean(per_token: Tensor, mask: Tensor, step_tokens: Tensor | float | None = None) -> Tensor:
+    """sum(mask * loss) / step_tokens (default: this batch's own token count)."""
+    if per_token.shape != mask.shape:
+        raise ValueError(f"per-token loss {tuple(per_token.shape)} and mask {tuple(mask.shape)} differ in shape")
+    if step_tokens is None:
+        step_tokens = mask.float().sum()
+    return (per_token * token_weights(mask, step_tokens)).sum()
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of a per-token metric over masked positions (0 if none)."""
+    m = mask.float()
+    return (values.float() * m).sum() / m.sum().clamp_min(1.0)

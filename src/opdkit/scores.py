@@ -1,0 +1,152 @@
+"""What an objective is given: the teacher's scores and the per-token inputs.
+
+A teacher never hands over more than it has. A local teacher can give full-vocabulary
+log-probabilities; a served teacher (vLLM prompt logprobs) gives only its top-k and the
+log-probability of the sampled token. Objectives declare which fields they need, and
+`require` refuses with a message that names the missing field instead of approximating.
+
+Every tensor here has the same leading shape as the student logits without the vocabulary
+axis: (N, T) for batched sequences or (M,) for flattened rows (the chunked path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TeacherScores:
+    """Teacher log-probabilities at each response position.
+
+    logprobs:         (..., V) full log-softmax, local teachers only.
+    topk_ids:         (..., k) ids of the teacher's top-k tokens, best first.
+    topk_logprobs:    (..., k) their log-probabilities (normalised over the full vocabulary).
+    sampled_logprobs: (...,)   log q of the token the student sampled there.
+    """
+
+    logprobs: Tensor | None = None
+    topk_ids: Tensor | None = None
+    topk_logprobs: Tensor | None = None
+    sampled_logprobs: Tensor | None = None
+
+    def rows(self, index: slice | Tensor) -> "TeacherScores":
+        """The same scores restricted to a subset of (flattened) rows."""
+        return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+
+    def flatten(self) -> "TeacherScores":
+        """Collapse the leading (N, T) shape into rows (N*T,)."""
+        def flat(name: str, t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            return t.reshape(-1) if name == "sampled_logprobs" else t.reshape(-1, t.shape[-1])
+        return TeacherScores(**{f.name: flat(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    def available(self) -> set[str]:
+        return {f.name for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class ObjectiveInputs:
+    """Per-position inputs besides the student logits.
+
+    ids:                (...,) the token at each position (sampled by the student, or the
+                        SFT target); long.
+    teacher:            TeacherScores (empty for SFT and GRPO).
+    behaviour_logprobs: (...,) log mu(y_t) of the policy that sampled y_t (stale weights,
+                        top-p); enables the importance ratio.
+    advantages:         (...,) per-token advantage (GRPO).
+    """
+
+    ids: Tensor
+    teacher: TeacherScores = TeacherScores()
+    behaviour_logprobs: Tensor | None = None
+    advantages: Tensor | None = None
+
+    def rows(self, index: slice | Tensor) -> "ObjectiveInputs":
+        return ObjectiveInputs(
+            ids=self.ids[index],
+            teacher=self.teacher.rows(index),
+            behaviour_logprobs=_take(self.behaviour_logprobs, index),
+            advantages=_take(self.advantages, index),
+        )
+
+    def flatten(self) -> "ObjectiveInputs":
+        return ObjectiveInputs(
+            ids=self.ids.reshape(-1),
+            teacher=self.teacher.flatten(),
+            behaviour_logprobs=None if self.behaviour_logprobs is None else self.behaviour_logprobs.reshape(-1),
+            advantages=None if self.advantages is None else self.advantages.reshape(-1),
+        )
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """An objective's result: per-token loss (differentiable) and per-token diagnostics."""
+
+    loss: Tensor                                                 # (...,)
+    metrics: dict[str, Tensor] = field(default_factory=dict)     # (...,) each, detached
+
+
+def upcast(t: Tensor) -> Tensor:
+    """fp32 for low-precision tensors; fp32 and fp64 stay as they are (tests run in fp64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _take(t: Tensor | None, index: slice | Tensor) -> Tensor | None:
+    return None if t is None else t[index]
+
+
+# Field names an objective may need, with what provides them (for error messages).
+NEEDS_HELP = {
+    "logprobs": "full teacher log-probabilities (a local teacher: ModelTeacher or SelfTeacher)",
+    "topk_ids": "the teacher's top-k ids (any teacher, served ones included)",
+    "topk_logprobs": "the teacher's top-k log-probabilities",
+    "sampled_logprobs": "the teacher's log-probability of each sampled token",
+    "advantages": "per-token advantages (GRPO: opdkit.objectives.group_advantages)",
+}
+
+
+def require(objective: str, inputs: ObjectiveInputs, needs: tuple[str, ...]) -> None:
+    """Raise a clear error when `inputs` lacks a field that `objective` needs."""
+    have = inputs.teacher.available()
+    if inputs.advantages is not None:
+        have.add("advantages")
+    missing = [n for n in needs if n not in have]
+    if missing:
+        what = "; ".join(f"{n}: {NEEDS_HELP[n]}" for n in missing)
+        raise ValueError(
+            f"objective {objective!r} needs {what}. The inputs provide only {sorted(have) or 'nothing'}. "
+            "A teacher that returns only top-k scores supports: sampled_rkl, topk_rkl with "
+            "support='teacher', topk_fkl_teacher."
+        )
+
+
+def check_shapes(logits: Tensor, inputs: ObjectiveInputs) -> None:
+    """Validate shapes and dtypes against the student logits (..., V); name the bad argument."""
+    lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
+    if not logits.is_floating_point():
+        raise TypeError(f"student logits must be a floating tensor, got dtype {logits.dtype}")
+    _expect("ids", inputs.ids, lead)
+    if inputs.ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"ids must be an integer tensor of token ids, got dtype {inputs.ids.dtype}")
+    t = inputs.teacher
+    if t.logprobs is not None:
+        _expect("teacher.logprobs", t.logprobs, lead + (vocab,))
+    if t.topk_ids is not None or t.topk_logprobs is not None:
+        if t.topk_ids is None or t.topk_logprobs is None:
+            raise ValueError("teacher.topk_ids and teacher.topk_logprobs must be given together")
+        _expect("teacher.topk_ids", t.topk_ids, lead + (t.topk_ids.shape[-1],))
+        _expect("teacher.topk_logprobs", t.topk_logprobs, tuple(t.topk_ids.shape))
+    for name in ("sampled_logprobs",):
+        if getattr(t, name) is not None:
+            _expect(f"teacher.{name}", getattr(t, name), lead)
+    for name in ("behaviour_logprobs", "advantages"):
+        if getattr(inputs, name) is not None:
+            _expect(name, getattr(inputs, name), lead)
+
+
+def _expect(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {shape} to match the student logits")
