@@ -12,6 +12,7 @@ RKL = KL(p || q), FKL = KL(q || p). Logits are upcast to fp32 before any log-sof
 from __future__ import annotations
 
 import difflib
+import math
 import inspect
 from dataclasses import dataclass
 from functools import partial
@@ -129,7 +130,7 @@ def fkl(logits: Tensor, inputs: ObjectiveInputs, diagnostic_k: int = 20) -> Obje
 
 def _jsd_terms(logp: Tensor, logq: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     """KL(q || m) and KL(p || m) with m = beta q + (1 - beta) p, 0 < beta < 1."""
-    log_m = torch.logaddexp(logp + torch.log1p(torch.tensor(-beta)), logq + torch.log(torch.tensor(beta)))
+    log_m = torch.logaddexp(logp + math.log1p(-beta), logq + math.log(beta))
     return _kl(logq, log_m), _kl(logp, log_m)
 
 

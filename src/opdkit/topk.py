@@ -32,6 +32,7 @@ def entropy(logp: Tensor) -> Tensor:
 @torch.no_grad()
 def position_metrics(logp: Tensor, teacher: TeacherScores, k: int) -> dict[str, Tensor]:
     """Student entropy; teacher entropy and top-k overlap where the teacher allows."""
+    k = min(k, logp.shape[-1])            # diagnostics on a vocabulary smaller than k
     metrics = {"student_entropy": entropy(logp)}
     if teacher.logprobs is not None:
         metrics["teacher_entropy"] = entropy(upcast(teacher.logprobs))
@@ -127,35 +128,40 @@ def topk_rkl(logp: Tensor, inputs: ObjectiveInputs, k: int, support: str, norm: 
              include_sampled: bool):
     """Per-token top-K RKL and its diagnostics. `logp` is the student's full log-softmax."""
     ids, valid = select_support(logp, inputs, k, support, include_sampled)
-    w = valid.to(logp.dtype)
-    lp = logp.gather(-1, ids)                                                   # (..., S)
-    lq = teacher_logprobs_at(inputs.teacher, inputs.ids, ids, valid, support)   # (..., S)
-    log_pk, log_qk = _masked_logsumexp(lp, valid), _masked_logsumexp(lq, valid)
-    if norm == "none":
-        loss = (w * lp.exp() * (lp - lq)).sum(-1)
-    elif norm == "stopgrad":
-        loss = (w * lp.exp() * (lp - lq).detach()).sum(-1)
-    elif norm == "renorm":
-        lp_t, lq_t = lp - log_pk.unsqueeze(-1), lq - log_qk.unsqueeze(-1)
-        loss = (w * lp_t.exp() * (lp_t - lq_t)).sum(-1)
-    elif norm == "tail":
+    nonempty = valid.any(-1)
+    lp = logp.gather(-1, ids).masked_fill(~valid, 0.0)                          # (..., S)
+    lq = teacher_logprobs_at(inputs.teacher, inputs.ids, ids, valid, support).masked_fill(~valid, 0.0)
+    # An empty support (intersection of disjoint top-Ks) has log P_K = -inf; keep it finite
+    # so no inf or nan reaches the gradient; such rows have zero loss.
+    log_pk = _masked_logsumexp(lp, valid).masked_fill(~nonempty, 0.0)
+    log_qk = _masked_logsumexp(lq, valid).masked_fill(~nonempty, 0.0)
+    if norm == "tail":
         log_pt = _log_tail(logp, ids, valid)
         if inputs.teacher.logprobs is not None:
             log_qt = _log_tail(upcast(inputs.teacher.logprobs), ids, valid)
         else:
             log_qt = _log1m_exp(log_qk)
-        loss = (w * lp.exp() * (lp - lq)).sum(-1) + log_pt.exp() * (log_pt - log_qt)
-    else:
+        tail = log_pt.exp() * (log_pt - log_qt)
+    elif norm == "renorm":
+        lp, lq = lp - log_pk.unsqueeze(-1), lq - log_qk.unsqueeze(-1)
+    elif norm not in ("none", "stopgrad"):
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    log_ratio = (lp - lq).detach() if norm == "stopgrad" else lp - lq
+    loss = torch.where(valid, lp.exp() * log_ratio, torch.zeros_like(lp)).sum(-1)
+    if norm == "tail":
+        loss = loss + tail
     metrics = position_metrics(logp.detach(), inputs.teacher, k)
     metrics.update(support_metrics(log_pk.detach(), log_qk.detach(), valid))
     return ObjectiveOutput(loss, metrics)
 
 
 def support_metrics(log_pk: Tensor, log_qk: Tensor, valid: Tensor) -> dict[str, Tensor]:
-    pk, qk = log_pk.exp(), log_qk.exp()
-    return {"p_k": pk, "q_k": qk, "pk_over_qk": torch.exp(log_pk - log_qk), "tail_mass": 1.0 - pk,
-            "support_size": valid.sum(-1).float()}
+    """P_K, Q_K, P_K/Q_K, tail mass and support size; all 0 where the support is empty."""
+    nonempty = valid.any(-1)
+    zero = torch.zeros_like(log_pk)
+    pk, qk = torch.where(nonempty, log_pk.exp(), zero), torch.where(nonempty, log_qk.exp(), zero)
+    return {"p_k": pk, "q_k": qk, "pk_over_qk": torch.where(nonempty, torch.exp(log_pk - log_qk), zero),
+            "tail_mass": 1.0 - pk, "support_size": valid.sum(-1).float()}
 
 
 def topk_fkl_teacher(logp: Tensor, inputs: ObjectiveInputs, k: int):

@@ -76,8 +76,8 @@ def make_teacher(positions: int, vocab: int, sharpness: float, seed: int) -> tor
 
 
 def descend(case: Case, teacher_logprobs: torch.Tensor, k: int, steps: int, lr: float, seed: int,
-            record_every: int = 25) -> Trajectory:
-    """Adam on free student logits (P, V) against a fixed teacher; records support metrics."""
+            record_every: int = 25) -> tuple[Trajectory, torch.Tensor]:
+    """Adam on free student logits (P, V) against a fixed teacher; returns the trajectory and final logits."""
     g = torch.Generator().manual_seed(seed + 1)
     if case.init == "teacher":
         logits = teacher_logprobs.clone().requires_grad_()
@@ -101,7 +101,7 @@ def descend(case: Case, teacher_logprobs: torch.Tensor, k: int, steps: int, lr: 
         optimizer.zero_grad()
         out.loss.mean().backward()
         optimizer.step()
-    return traj
+    return traj, logits.detach()
 
 
 def _record(traj: Trajectory, step: int, logits: torch.Tensor, logq: torch.Tensor, case: Case, k: int) -> None:
@@ -140,7 +140,7 @@ def run(out_dir: Path | None, positions: int = 64, vocab: int = 100, k: int = 5,
     rows = []
     trajectories = []
     for case in CASES:
-        traj = descend(case, teacher, k, steps, lr, seed)
+        traj, _ = descend(case, teacher, k, steps, lr, seed)
         trajectories.append(traj)
         rows.append({"case": case.label, "objective": case.objective, **case.options,
                      "pk_over_qk": traj.pk_over_qk[-1], "expected_pk_over_qk": case.expected_ratio,
