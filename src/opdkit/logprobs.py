@@ -59,7 +59,8 @@ class Head:
     temperature: float = 1.0
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return F.linear(hidden, self.weight, self.bias) / self.temperature
+        logits = F.linear(hidden, self.weight, self.bias)
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,14 @@ def objective_loss(objective: Objective, logits: Tensor, inputs: ObjectiveInputs
 
 def chunked_objective_loss(objective: Objective, student: Head, inputs: ObjectiveInputs,
                            token_weights: Tensor, teacher: Head | None = None,
-                           chunk_size: int = 256) -> ObjectiveResult:
+                           chunk_size: int | None = None) -> ObjectiveResult:
     """Same result and gradients as `objective_loss` on full logits, chunk by chunk.
 
     student.hidden: (..., H) with grad; inputs and token_weights share its leading shape.
     teacher: when given, the teacher's full log-probs are computed per chunk from its
     hidden states (under no_grad) and added to inputs.teacher. Rows with zero weight
     (prompt, padding) are skipped; their per-token values are reported as 0.
+    chunk_size: rows per chunk; default `default_chunk_size(V)`.
     """
     lead = tuple(student.hidden.shape[:-1])
     if tuple(token_weights.shape) != lead:
@@ -95,7 +97,7 @@ def chunked_objective_loss(objective: Objective, student: Head, inputs: Objectiv
     rows = token_weights.reshape(-1).nonzero().squeeze(-1)      # one host sync per call
     plan = _ChunkPlan(objective, student, inputs.flatten().rows(rows), token_weights.reshape(-1)[rows],
                       None if teacher is None else replace(teacher, hidden=teacher.hidden.reshape(-1, teacher.hidden.shape[-1])[rows]),
-                      chunk_size)
+                      chunk_size or default_chunk_size(student.weight.shape[0]))
     hidden = student.hidden.reshape(-1, student.hidden.shape[-1])[rows]
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or student.weight.requires_grad or
                                               (student.bias is not None and student.bias.requires_grad))
@@ -106,6 +108,16 @@ def chunked_objective_loss(objective: Objective, student: Head, inputs: Objectiv
             loss = plan.run(hidden, want_grads=False)[0]
     per_token, metrics = plan.scatter_back(rows, lead, token_weights.numel())
     return ObjectiveResult(loss, per_token, metrics)
+
+
+def default_chunk_size(vocab: int, target_bytes: int = 64 << 20) -> int:
+    """Rows per chunk so one fp32 (rows, V) buffer is about 64 MiB.
+
+    Measured on CPU (BENCHMARKS.md): buffers under glibc's mmap threshold (32 MiB) are served
+    from the heap and fragment it, so 128-row chunks at V = 49152 peaked at 3.3x the memory
+    of 256-row chunks. Larger buffers are mmap'd and returned to the OS on free.
+    """
+    return max(1, target_bytes // (4 * vocab))
 
 
 class _ChunkPlan:
@@ -141,7 +153,8 @@ class _ChunkPlan:
             raw = F.linear(h, weight.detach(), None if bias is None else bias.detach())   # (C, V)
             raw.requires_grad_(want_grads)
             with torch.set_grad_enabled(want_grads):
-                out = self.objective(raw / self.student.temperature, self._chunk_inputs(rows))
+                scaled = raw if self.student.temperature == 1.0 else raw / self.student.temperature
+                out = self.objective(scaled, self._chunk_inputs(rows))
                 chunk_loss = (out.loss * self.weights[rows]).sum()
             if want_grads:
                 (g,) = torch.autograd.grad(chunk_loss, raw)                               # (C, V)
@@ -176,11 +189,15 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, plan: _ChunkPlan) -> Tensor:
         total, grad_h, grad_w, grad_b = plan.run(hidden, want_grads=True)
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype))
+        # Held on ctx, not saved_tensors, so backward can hand each buffer to autograd
+        # without a copy: a (V, H) gradient is the largest thing this path allocates.
+        ctx.grads = [grad_h, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype)]
         return total
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        scale = lambda g: None if g is None else g * grad_out.to(g.dtype)  # noqa: E731
-        return scale(grad_h), scale(grad_w), scale(grad_b), None
+        if ctx.grads is None:
+            raise RuntimeError("chunked_objective_loss supports one backward per forward (no retain_graph)")
+        grads, ctx.grads = ctx.grads, None
+        scaled = [None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads]
+        return (*scaled, None)
