@@ -59,7 +59,10 @@ class Head:
     temperature: float = 1.0
 
     def logits(self, hidden: Tensor) -> Tensor:
-        logits = F.linear(hidden, self.weight, self.bias)
+        return self.scale(F.linear(hidden, self.weight, self.bias))
+
+    def scale(self, logits: Tensor) -> Tensor:
+        """Divide by the temperature; at T = 1 return the same tensor (no (C, V) copy)."""
         return logits if self.temperature == 1.0 else logits / self.temperature
 
 
@@ -153,8 +156,7 @@ class _ChunkPlan:
             raw = F.linear(h, weight.detach(), None if bias is None else bias.detach())   # (C, V)
             raw.requires_grad_(want_grads)
             with torch.set_grad_enabled(want_grads):
-                scaled = raw if self.student.temperature == 1.0 else raw / self.student.temperature
-                out = self.objective(scaled, self._chunk_inputs(rows))
+                out = self.objective(self.student.scale(raw), self._chunk_inputs(rows))
                 chunk_loss = (out.loss * self.weights[rows]).sum()
             if want_grads:
                 (g,) = torch.autograd.grad(chunk_loss, raw)                               # (C, V)

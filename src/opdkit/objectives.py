@@ -128,10 +128,21 @@ def fkl(logits: Tensor, inputs: ObjectiveInputs, diagnostic_k: int = 20) -> Obje
     return _with_metrics(_kl(logq, logp), logp, inputs, diagnostic_k)
 
 
-def _jsd_terms(logp: Tensor, logq: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """KL(q || m) and KL(p || m) with m = beta q + (1 - beta) p, 0 < beta < 1."""
+def _jsd_family(logp: Tensor, logq: Tensor, beta: float, normalised: bool) -> Tensor:
+    """JSD(beta), or JSD(beta)/(beta(1-beta)); both are FKL at beta = 0 and RKL at beta = 1.
+
+    With m = beta q + (1 - beta) p, JSD = beta KL(q||m) + (1 - beta) KL(p||m). The normalised
+    form is written as KL(q||m)/(1-beta) + KL(p||m)/beta so no term is divided after it vanished.
+    """
+    if beta == 0.0:
+        return _kl(logq, logp)
+    if beta == 1.0:
+        return _kl(logp, logq)
     log_m = torch.logaddexp(logp + math.log1p(-beta), logq + math.log(beta))
-    return _kl(logq, log_m), _kl(logp, log_m)
+    kl_q, kl_p = _kl(logq, log_m), _kl(logp, log_m)
+    if normalised:
+        return kl_q / (1.0 - beta) + kl_p / beta
+    return beta * kl_q + (1.0 - beta) * kl_p
 
 
 def jsd(logits: Tensor, inputs: ObjectiveInputs, beta: float = 0.5,
@@ -142,31 +153,14 @@ def jsd(logits: Tensor, inputs: ObjectiveInputs, beta: float = 0.5,
     interior formula tends to 0 at both ends, so this family jumps there. Prefer jsd_norm.
     """
     logp, logq = _full_pair(logits, inputs, "jsd")
-    if beta == 0.0:
-        loss = _kl(logq, logp)
-    elif beta == 1.0:
-        loss = _kl(logp, logq)
-    else:
-        kl_q, kl_p = _jsd_terms(logp, logq, beta)
-        loss = beta * kl_q + (1.0 - beta) * kl_p
-    return _with_metrics(loss, logp, inputs, diagnostic_k)
+    return _with_metrics(_jsd_family(logp, logq, beta, normalised=False), logp, inputs, diagnostic_k)
 
 
 def jsd_norm(logits: Tensor, inputs: ObjectiveInputs, beta: float = 0.5,
              diagnostic_k: int = 20) -> ObjectiveOutput:
-    """JSD(beta) / (beta (1 - beta)): continuous on [0, 1], FKL at beta = 0, RKL at beta = 1.
-
-    Written as KL(q||m)/(1-beta) + KL(p||m)/beta so no term is divided after it vanished.
-    """
+    """JSD(beta) / (beta (1 - beta)): continuous on [0, 1], FKL at beta = 0, RKL at beta = 1."""
     logp, logq = _full_pair(logits, inputs, "jsd_norm")
-    if beta == 0.0:
-        loss = _kl(logq, logp)
-    elif beta == 1.0:
-        loss = _kl(logp, logq)
-    else:
-        kl_q, kl_p = _jsd_terms(logp, logq, beta)
-        loss = kl_q / (1.0 - beta) + kl_p / beta
-    return _with_metrics(loss, logp, inputs, diagnostic_k)
+    return _with_metrics(_jsd_family(logp, logq, beta, normalised=True), logp, inputs, diagnostic_k)
 
 
 def kl_mix(logits: Tensor, inputs: ObjectiveInputs, lam: float = 0.5,
