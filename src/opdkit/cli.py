@@ -1,7 +1,13 @@
 """The `opdkit` command line.
 
     opdkit objectives                       every objective, its teacher needs and fixed point
+    opdkit config                           every config key with its default and doc
+    opdkit sft | distill | self-distill | grpo [--config FILE] [--resume] [key=value ...]
+    opdkit eval [--config FILE] [key=value ...]          accuracy, length, rule rate, teacher KL
+    opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
+
+Errors in user input (config, data, models, checkpoints) print one message and exit 2.
 """
 from __future__ import annotations
 
@@ -26,11 +32,82 @@ def _lab_fixed_points(args: argparse.Namespace) -> int:
     return 0 if all(r["verdict"] == "as derived" for r in rows) else 1
 
 
+def _config(args: argparse.Namespace) -> int:
+    from opdkit.config import field_docs
+    for key, default, text in field_docs():
+        print(f"{key:<28} {default!r:<24} {text}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from opdkit.config import load_config
+    from opdkit.train import run
+    cfg = load_config(args.command, args.config, args.overrides)
+    rows = run(cfg, resume=args.resume)
+    if rows:
+        last = rows[-1]
+        print(f"step {last['step']}: loss {last['train/loss']:.4f}, length {last['rollout/length_mean']:.1f}; "
+              f"run directory {cfg.run.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from opdkit.config import load_config
+    from opdkit.evaluate import evaluate_session
+    from opdkit.session import build_session
+    cfg = load_config(args.mode, args.config, args.overrides, need_train=False)
+    session = build_session(cfg, load_train=False)
+    if not cfg.data.eval:
+        raise ValueError("eval needs data.eval (a JSONL file of held-out prompts)")
+    result = evaluate_session(session)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from opdkit.config import load_config
+    from opdkit.evaluate import identity_self_test
+    from opdkit.session import build_session
+    cfg = load_config(args.mode, args.config, args.overrides)
+    s = build_session(cfg)
+    print(f"vocabulary: {s.vocab} ids scored; prompts: {len(s.items)} kept, {s.skipped_prompts} over the limit")
+    for note in s.report.notes:
+        print(f"note: {note}")
+    kl = identity_self_test(s)
+    print(f"identity self-test (student vs itself through the teacher path): KL {kl:.2e} "
+          f"{'ok' if kl < 1e-4 else 'FAILED'}")
+    return 0 if kl < 1e-4 else 1
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML config (sections model:, data:, optim:, ...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opdkit", description="On-policy distillation toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("objectives", help="list every objective with its fixed point")
     p.set_defaults(func=_objectives)
+    p = sub.add_parser("config", help="list every config key with its default and doc")
+    p.set_defaults(func=_config)
+    helps = {"sft": "supervised fine-tuning on given or teacher-written responses",
+             "distill": "on-policy distillation from a teacher model (OPD)",
+             "self-distill": "on-policy self-distillation with privileged information (OPSD)",
+             "grpo": "GRPO with a verifiable reward"}
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text)
+        _add_run_args(p)
+        p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out")
+        p.set_defaults(func=_train)
+    for name, fn, text in (("eval", _eval, "evaluate the student on data.eval"),
+                           ("preflight", _preflight, "check the pair and the scoring path without training")):
+        p = sub.add_parser(name, help=text)
+        _add_run_args(p)
+        p.add_argument("--mode", default="sft" if name == "eval" else "distill", choices=["sft", "distill", "self-distill", "grpo"],
+                       help="which teacher to build (model.teacher when set; self-distill: the student with PI)")
+        p.set_defaults(func=fn)
 
     lab = sub.add_parser("lab", help="the miniature testbed").add_subparsers(dest="experiment", required=True)
     p = lab.add_parser("fixed-points", help="descend each objective on free logits; compare with MATH.md")
@@ -45,9 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Keep the console for opdkit's own progress: no per-load progress bars or info chatter."""
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        return
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.command not in ("objectives", "config", "lab"):
+        _quiet_transformers()
+    try:
+        return args.func(args)
+    except USER_ERRORS() as e:
+        print(f"opdkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+def USER_ERRORS() -> tuple[type, ...]:
+    """Exceptions that report bad input (printed as one message) rather than a bug (traceback)."""
+    from opdkit.checkpoint import CheckpointError
+    from opdkit.config import ConfigError
+    from opdkit.data import DataError
+    from opdkit.models import ModelError
+    from opdkit.train import TrainingError
+    return (ConfigError, DataError, ModelError, CheckpointError, TrainingError)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Evaluation on held-out prompts: accuracy, length, rule following, KL to the teacher.
+
+Greedy answers give accuracy (when the data has answers), mean length, EOS rate and the
+rule-following rate (`run.check`). Responses sampled at temperature 1 give the held-out
+reverse KL to the teacher, token-averaged: the quantity OPD minimises, measured on the
+student's own distribution. Evaluation saves and restores the global RNG and seeds its own
+sampling, so it neither perturbs a training run nor varies between evaluations.
+"""
+from __future__ import annotations
+
+import torch
+
+from opdkit.data import batches
+from opdkit.logprobs import chunked_objective_loss
+from opdkit.objectives import make_objective
+from opdkit.packing import pack, response_hidden
+from opdkit.rewards import make_check, make_reward
+from opdkit.rollout import Rollouts
+from opdkit.scores import ObjectiveInputs
+from opdkit.session import Session, load_items
+from opdkit.teachers import LocalTeacher, PromptRenderer, SelfTeacher, head_of
+
+
+def eval_items(s: Session) -> list:
+    if getattr(s, "_eval_items", None) is None:
+        s._eval_items = load_items(s.cfg, s.cfg.data.eval, s.student_prompt)[0][: s.cfg.run.eval_limit]
+    return s._eval_items
+
+
+def _generate(s: Session, items: list, greedy: bool) -> Rollouts:
+    out = Rollouts([], [], [], [])
+    for chunk in batches(items, s.cfg.optim.micro_batch):
+        r = s.sampler.sample(s.student, [it.prompt_ids for it in chunk], max_new_tokens=s.cfg.rollout.max_new_tokens,
+                             temperature=1.0, top_p=1.0, greedy=greedy)
+        out.prompt_ids += r.prompt_ids
+        out.response_ids += r.response_ids
+        out.finished += r.finished
+    out.meta = [it.example for it in items]
+    return out
+
+
+@torch.no_grad()
+def teacher_kl(s: Session, teacher: LocalTeacher, rollouts: Rollouts) -> float:
+    """Token-mean full-vocabulary KL(student || teacher) on the given responses."""
+    rkl = make_objective("rkl")
+    total, tokens = 0.0, sum(len(r) for r in rollouts.response_ids)
+    if tokens == 0:
+        return 0.0
+    for rows in [slice(i, i + s.cfg.optim.micro_batch) for i in range(0, len(rollouts), s.cfg.optim.micro_batch)]:
+        responses = rollouts.response_ids[rows]
+        packed = pack(rollouts.prompt_ids[rows], responses, s.tokenizer.pad_token_id)
+        head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
+        teacher_head = teacher.score(rollouts.meta[rows], responses)
+        total += float(chunked_objective_loss(rkl, head, ObjectiveInputs(packed.response_ids),
+                                              packed.response_mask / tokens, teacher=teacher_head).loss)
+    return total
+
+
+def evaluate_session(s: Session, items: list | None = None, seed: int = 1234) -> dict:
+    items = eval_items(s) if items is None else items
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        greedy = _generate(s, items, greedy=True)
+        texts = s.tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
+        out = {"length_mean": sum(map(len, greedy.response_ids)) / len(items),
+               "eos_rate": sum(greedy.finished) / len(items)}
+        answers = [it.example.answer for it in items]
+        if all(a is not None for a in answers):
+            reward = make_reward(s.cfg.reward.kind)
+            out["accuracy"] = sum(reward(t, a) for t, a in zip(texts, answers)) / len(items)
+        if s.cfg.run.check:
+            check = make_check(s.cfg.run.check)
+            out["rule_rate"] = sum(map(check, texts)) / len(items)
+        if s.teacher is not None:
+            out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False))
+        return out
+    finally:
+        torch.set_rng_state(state)
+
+
+@torch.no_grad()
+def identity_self_test(s: Session, prompts: int = 2) -> float:
+    """KL of the student to itself through the teacher path (same prompt, live weights): must be ~0.
+
+    A non-zero value means the scoring path misaligns positions or renders prompts differently.
+    """
+    items = s.items[:prompts]
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        rollouts = _generate(s, items, greedy=False)
+    finally:
+        torch.set_rng_state(state)
+    same = SelfTeacher(s.student, PromptRenderer(s.student_prompt.tokenizer, s.student_prompt.system), s.tokenizer.pad_token_id,
+                       s.vocab, weights="live")
+    return teacher_kl(s, same, rollouts)

@@ -1,0 +1,135 @@
+"""Everything a run needs, built from a Config: models, tokenizer, teacher, data, objective.
+
+`build_session` loads the student (optionally layer-dropped, optionally LoRA), the teacher
+(a separate model for `distill`, the student shown PI for `self-distill`), runs the pair
+preflight, renders and length-checks the prompts, and binds the objective. The training
+loop (`opdkit.train`) and evaluation (`opdkit.evaluate`) only consume this object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from opdkit.config import Config
+from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
+from opdkit.models import PairReport, load_model, load_tokenizer, preflight
+from opdkit.objectives import OBJECTIVES, make_objective
+from opdkit.rollout import HFSampler
+from opdkit.teachers import LocalTeacher, ModelTeacher, PromptRenderer, SelfTeacher
+
+
+@dataclass
+class Item:
+    """An example with its rendered student prompt."""
+
+    example: Example
+    prompt_ids: list[int]
+
+
+@dataclass
+class Session:
+    cfg: Config
+    tokenizer: object
+    student: torch.nn.Module
+    teacher: LocalTeacher | None
+    student_prompt: PromptRenderer
+    sampler: HFSampler
+    objective: object
+    vocab: int
+    items: list[Item]
+    skipped_prompts: int
+    report: PairReport
+    teacher_tokenizer: object = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return OBJECTIVES[self.cfg.objective_name].teacher != "none"
+
+
+def _lora(model, cfg: Config):
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, target_modules=cfg.model.lora_targets,
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def prepare_items(examples: list[Example], render: PromptRenderer, limit: int, overlong: str) -> tuple[list[Item], int]:
+    """Render prompts and apply the length limit; returns (items, number skipped)."""
+    items, skipped = [], 0
+    for example in examples:
+        ids = fit_prompt(render(example), limit, overlong)
+        if ids is None:
+            skipped += 1
+        else:
+            items.append(Item(example, ids))
+    return items, skipped
+
+
+def _require_fields(cfg: Config) -> tuple[str, ...]:
+    if cfg.mode == "grpo":
+        return ("answer",)
+    if cfg.mode == "sft" and cfg.teacher.sft_traces == "data":
+        return ("response",)
+    return ()
+
+
+def load_items(cfg: Config, path: str, render: PromptRenderer, require: tuple[str, ...] = ()) -> tuple[list[Item], int]:
+    d = cfg.data
+    examples = load_jsonl(path, d.prompt_field, d.pi_field, d.answer_field, d.response_field, require)
+    items, skipped = prepare_items(examples, render, d.max_prompt_tokens, d.overlong)
+    if not items:
+        raise ValueError(f"every prompt in {path} is longer than data.max_prompt_tokens={d.max_prompt_tokens}; "
+                         f"raise the limit or set data.overlong=truncate")
+    return items, skipped
+
+
+def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
+    """(teacher, teacher tokenizer, pair report) for the configured mode."""
+    d = cfg.data
+    if cfg.mode == "self-distill" or (cfg.mode == "sft" and cfg.teacher.sft_traces == "teacher" and not cfg.model.teacher):
+        if not (d.pi or d.pi_field):
+            raise ValueError("a self-teacher needs privileged information: set data.pi")
+        renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+        teacher = SelfTeacher(student, renderer, tokenizer.pad_token_id, report_vocab, cfg.teacher.self_weights,
+                              cfg.teacher.ema_decay, cfg.teacher.temperature)
+        return teacher, tokenizer, PairReport(vocab=report_vocab)
+    if not cfg.model.teacher:
+        return None, None, PairReport(vocab=report_vocab)
+    teacher_tok = load_tokenizer(cfg.model.teacher)
+    teacher_model = load_model(cfg.model.teacher, cfg.model.dtype)
+    report = preflight(tokenizer, teacher_tok, student, teacher_model, cfg.model.teacher_template)
+    report.raise_if_bad()
+    template_tok = tokenizer if cfg.model.teacher_template == "student" else teacher_tok
+    renderer = PromptRenderer(template_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+    teacher = ModelTeacher(teacher_model, renderer, tokenizer.pad_token_id, report.vocab, cfg.teacher.temperature)
+    return teacher, teacher_tok, report
+
+
+def build_session(cfg: Config, load_train: bool = True) -> Session:
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    tokenizer = load_tokenizer(cfg.model.student)
+    student = load_model(cfg.model.student, cfg.model.dtype, cfg.model.drop_layers_every)
+    if cfg.model.lora_r:
+        student = _lora(student, cfg)
+    d = cfg.data
+    student_prompt = PromptRenderer(tokenizer, d.system_prompt, placement=d.pi_placement)
+    teacher, teacher_tok, report = build_teacher(cfg, student, tokenizer, len(tokenizer))
+    report.vocab = min(report.vocab, student.get_output_embeddings().weight.shape[0])
+    objective_name = cfg.objective_name
+    objective = make_objective(objective_name, **cfg.objective.options)
+    if OBJECTIVES[objective_name].teacher != "none" and teacher is None:
+        raise ValueError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
+    items, skipped = load_items(cfg, d.train, student_prompt, _require_fields(cfg)) if load_train else ([], 0)
+    if cfg.mode == "self-distill" and not d.pi and items and not any(it.example.pi for it in items):
+        raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
+                         f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
+    return Session(cfg, tokenizer, student, teacher, student_prompt, HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id),
+                   objective, report.vocab, items, skipped, report, teacher_tok)
+
+
+def new_stream(session: Session) -> PromptStream:
+    return PromptStream(session.items, session.cfg.run.seed)
