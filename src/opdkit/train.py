@@ -279,6 +279,9 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None) -> li
             raise TrainingError(f"identity self-test failed: the student scored against itself gives KL {identity:.3g} "
                                 f"(expected 0); the scoring path misaligns prompts or positions")
         log.event(0, "start", skipped_prompts=s.skipped_prompts, notes=s.report.notes, identity_kl=identity)
+        if cfg.run.eval_every and cfg.data.eval:       # the "before" numbers, logged as step 0
+            from opdkit.evaluate import evaluate_session
+            log.log(0, {f"eval/{k}": v for k, v in evaluate_session(s, teacher_side=True).items()})
         if resume:
             log.truncate_after(0)
     return _loop(s, run_dir, log, stream, optimizer, scheduler, step, bad_streak)

@@ -29,20 +29,24 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer with ChatML specials; EOS = <|im_end|>, pad = <|endoftext|>."""
+def build_tokenizer(vocab_size: int = 320, specials: list[str] = SPECIAL_TOKENS, eos: str = "<|im_end|>",
+                    template: str = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer with ChatML specials; EOS = <|im_end|>, pad = specials[0].
+
+    The arguments exist to build deliberately mismatched pairs for the preflight tests.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=specials[0],
                                    bos_token=None, unk_token=None)
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = template
     return fast
 
 

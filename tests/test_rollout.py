@@ -1,0 +1,123 @@
+"""Sampler, packing, teachers and layer dropping on tiny real HF models."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from opdkit.data import Example, messages, render
+from opdkit.lab.tiny import build_model, build_tokenizer
+from opdkit.logprobs import align_next_token
+from opdkit.models import keep_every_nth_layer
+from opdkit.packing import pack, pad_rows, response_hidden
+from opdkit.rollout import HFSampler, response_length
+from opdkit.teachers import PromptRenderer, SelfTeacher
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tok = build_tokenizer()
+    return tok, build_model(tok, layers=2, seed=0)
+
+
+def _prompts(tok):
+    return [render(tok, messages(p)) for p in ("what is 2+3?", "hola", "the quick brown fox jumps over the lazy dog")]
+
+
+def _forward_logprobs(model, prompts, responses, pad, temperature=1.0):
+    packed = pack(prompts, responses, pad)
+    with torch.no_grad():
+        logits = model.get_output_embeddings()(response_hidden(model, packed)) / temperature
+    return torch.log_softmax(logits.float(), -1), packed
+
+
+def test_sampler_logprobs_equal_the_training_forward(pair):
+    tok, model = pair
+    torch.manual_seed(0)
+    prompts = _prompts(tok)       # different lengths: generate left-pads, training right-pads
+    r = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, prompts, max_new_tokens=10)
+    logp, packed = _forward_logprobs(model, r.prompt_ids, r.response_ids, tok.pad_token_id)
+    chosen = logp.gather(-1, packed.response_ids.unsqueeze(-1)).squeeze(-1)
+    mu = pad_rows(r.sampler_logprobs, packed.response_ids.shape[1])
+    torch.testing.assert_close(chosen * packed.response_mask, mu, atol=2e-5, rtol=0)
+
+
+def test_top_p_logprobs_are_the_renormalised_nucleus(pair):
+    tok, model = pair
+    torch.manual_seed(1)
+    top_p, temperature = 0.6, 0.8
+    r = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, _prompts(tok), max_new_tokens=8,
+                                                            temperature=temperature, top_p=top_p, record_topk=4)
+    logp, packed = _forward_logprobs(model, r.prompt_ids, r.response_ids, tok.pad_token_id, temperature)
+    for row in range(len(r)):
+        for j, token in enumerate(r.response_ids[row]):
+            probs = logp[row, j].exp()
+            order = probs.sort(descending=True)
+            # nucleus: smallest top set whose mass reaches top_p (HF keeps tokens until cumulative > 1 - top_p from below)
+            keep = order.values.flip(0).cumsum(0).flip(0) > 1 - top_p
+            nucleus = set(order.indices[keep].tolist())
+            assert token in nucleus
+            expected = logp[row, j, token] - torch.log(probs[list(nucleus)].sum())
+            assert abs(float(r.sampler_logprobs[row][j]) - float(expected)) < 1e-4
+        assert r.topk_ids[row].shape == (len(r.response_ids[row]), 4)
+
+
+def test_response_length_stops_at_first_eos():
+    assert response_length(torch.tensor([5, 6, 2, 0, 0]), eos_id=2, pad_id=0) == 3
+    assert response_length(torch.tensor([5, 6, 7]), eos_id=2, pad_id=0) == 3
+    assert response_length(torch.tensor([2, 2, 2]), eos_id=2, pad_id=2) == 1
+
+
+def test_pack_positions_agree_with_align_next_token(pair):
+    tok, model = pair
+    prompt, responses = [1, 5, 7], [[9, 10, 11], [12, 13, 14]]
+    packed = pack([prompt, prompt], responses, tok.pad_token_id)
+    hidden = model.get_decoder()(input_ids=packed.input_ids).last_hidden_state
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)
+    shifted, ids, scored = align_next_token(hidden, packed.input_ids, mask)
+    torch.testing.assert_close(response_hidden(model, packed), shifted[:, 2:])
+    assert torch.equal(ids[:, 2:], packed.response_ids) and torch.equal(scored[:, 2:].float(), packed.response_mask)
+
+
+def test_dropped_layers_keep_the_kv_cache_consistent():
+    tok = build_tokenizer()
+    model = build_model(tok, layers=4, seed=2)
+    assert keep_every_nth_layer(model, 2) == [0, 2]
+    assert model.config.num_hidden_layers == 2
+    torch.manual_seed(0)
+    r = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, _prompts(tok), max_new_tokens=6)
+    logp, packed = _forward_logprobs(model, r.prompt_ids, r.response_ids, tok.pad_token_id)
+    chosen = logp.gather(-1, packed.response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(chosen * packed.response_mask, pad_rows(r.sampler_logprobs, chosen.shape[1]),
+                               atol=2e-5, rtol=0)
+
+
+def test_self_teacher_sees_pi_and_ema_follows_the_closed_form(pair):
+    tok, model = pair
+    student = copy.deepcopy(model)
+    renderer = PromptRenderer(tok, fixed_pi="always answer in spanish.", with_pi=True)
+    example = Example("what is 2+3?")
+    assert tok.decode(renderer(example)).startswith("<|im_start|>system\nalways answer in spanish.")
+    assert "spanish" not in tok.decode(PromptRenderer(tok)(example))
+    teacher = SelfTeacher(student, renderer, tok.pad_token_id, len(tok), weights="ema", ema_decay=0.9)
+    before = {n: p.clone() for n, p in teacher.copy.named_parameters()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    teacher.after_step(student)
+    for n, p in teacher.copy.named_parameters():
+        live = dict(student.named_parameters())[n]
+        torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * live)
+
+
+def test_frozen_self_teacher_does_not_move(pair):
+    tok, model = pair
+    student = copy.deepcopy(model)
+    teacher = SelfTeacher(student, PromptRenderer(tok, fixed_pi="x", with_pi=True), tok.pad_token_id, len(tok))
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    teacher.after_step(student)
+    for (n, p), q in zip(teacher.copy.named_parameters(), model.parameters()):
+        assert torch.equal(p, q), n
