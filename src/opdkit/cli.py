@@ -5,6 +5,7 @@
     opdkit sft | distill | self-distill | grpo [--config FILE] [--resume] [key=value ...]
     opdkit eval [--config FILE] [key=value ...]          accuracy, length, rule rate, teacher KL
     opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
+    opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
 
 Errors in user input (config, data, models, checkpoints) print one message and exit 2.
@@ -57,11 +58,23 @@ def _eval(args: argparse.Namespace) -> int:
     from opdkit.evaluate import evaluate_session
     from opdkit.session import build_session
     cfg = load_config(args.mode, args.config, args.overrides, need_train=False)
-    session = build_session(cfg, load_train=False)
+    from opdkit.config import ConfigError
     if not cfg.data.eval:
-        raise ValueError("eval needs data.eval (a JSONL file of held-out prompts)")
+        raise ConfigError("eval needs data.eval (a JSONL file of held-out prompts)")
+    session = build_session(cfg, load_train=False)
+    if args.checkpoint is not None:
+        from opdkit import checkpoint
+        from opdkit.train import checkpoint_modules
+        path = args.checkpoint if (args.checkpoint / "state.pt").is_file() else checkpoint.latest(args.checkpoint)
+        if path is None:
+            raise checkpoint.CheckpointError(f"{args.checkpoint} holds no complete checkpoint")
+        checkpoint.load(path, {"student": session.student})
+        print(f"student weights from {path}", file=sys.stderr)
     result = evaluate_session(session, teacher_side=args.teacher_side)
-    print(json.dumps(result, indent=2))
+    if args.show:
+        from opdkit.evaluate import sample_answers
+        result["samples"] = [{"prompt": p, "answer": a} for p, a in sample_answers(session, args.show)]
+    print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -78,6 +91,12 @@ def _preflight(args: argparse.Namespace) -> int:
     print(f"identity self-test (student vs itself through the teacher path): KL {kl:.2e} "
           f"{'ok' if kl < 1e-4 else 'FAILED'}")
     return 0 if kl < 1e-4 else 1
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from opdkit.plots import plot_run
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -107,9 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_args(p)
         if name == "eval":
             p.add_argument("--teacher-side", action="store_true", help="also measure the teacher on its own prompts")
+            p.add_argument("--checkpoint", type=Path, default=None,
+                           help="a checkpoint directory, or a run directory (its newest checkpoint), to evaluate")
+            p.add_argument("--show", type=int, default=0, help="also print this many greedy answers")
         p.add_argument("--mode", default="sft" if name == "eval" else "distill", choices=["sft", "distill", "self-distill", "grpo"],
                        help="which teacher to build (model.teacher when set; self-distill: the student with PI)")
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("plot", help="plot a run directory's metrics.jsonl")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="image path (default RUN_DIR/metrics.png)")
+    p.set_defaults(func=_plot)
 
     lab = sub.add_parser("lab", help="the miniature testbed").add_subparsers(dest="experiment", required=True)
     p = lab.add_parser("fixed-points", help="descend each objective on free logits; compare with MATH.md")

@@ -93,6 +93,13 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
         torch.set_rng_state(state)
 
 
+def sample_answers(s: Session, n: int) -> list[tuple[str, str]]:
+    """(prompt, greedy answer) for the first n eval prompts: what the numbers are counting."""
+    items = eval_items(s)[:n]
+    texts = s.tokenizer.batch_decode(_generate(s, items, greedy=True).response_ids, skip_special_tokens=True)
+    return [(it.example.prompt, t) for it, t in zip(items, texts)]
+
+
 @torch.no_grad()
 def identity_self_test(s: Session, prompts: int = 2) -> float:
     """KL of the student to itself through the teacher path (same prompt, live weights): must be ~0.

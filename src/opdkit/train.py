@@ -62,8 +62,10 @@ def sft_targets(s: Session, items: list) -> Rollouts:
                      for it in items]
     else:
         teacher_prompts = [s.teacher.renderer(it.example) for it in items]
-        written = merge([s.sampler.sample(s.teacher.model(), chunk, max_new_tokens=s.cfg.rollout.max_new_tokens, greedy=True)
-                         for chunk in batches(teacher_prompts, s.cfg.optim.micro_batch)])
+        with s.teacher.context():       # a LoRA self-teacher writes with its adapters off
+            written = merge([s.sampler.sample(s.teacher.model(), chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
+                                              greedy=True)
+                             for chunk in batches(teacher_prompts, s.cfg.optim.micro_batch)])
         responses = written.response_ids
     zeros = [torch.zeros(len(r)) for r in responses]
     return Rollouts(prompts, responses, zeros, [bool(r) and r[-1] == s.tokenizer.eos_token_id for r in responses],
@@ -274,6 +276,8 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None) -> li
     step, bad_streak = restore(s, run_dir, log, stream, optimizer, scheduler) if resume else (0, 0)
     if step == 0:
         from opdkit.evaluate import identity_self_test
+        if resume:
+            log.truncate_after(-1)       # an attempt that died before its first checkpoint left rows
         identity = identity_self_test(s)
         if not identity < 1e-4:
             raise TrainingError(f"identity self-test failed: the student scored against itself gives KL {identity:.3g} "
@@ -282,8 +286,6 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None) -> li
         if cfg.run.eval_every and cfg.data.eval:       # the "before" numbers, logged as step 0
             from opdkit.evaluate import evaluate_session
             log.log(0, {f"eval/{k}": v for k, v in evaluate_session(s, teacher_side=True).items()})
-        if resume:
-            log.truncate_after(0)
     return _loop(s, run_dir, log, stream, optimizer, scheduler, step, bad_streak)
 
 

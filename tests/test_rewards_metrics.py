@@ -1,0 +1,52 @@
+"""Rewards, rule checks, and the metric log (truncation on resume, missing trackers)."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from opdkit.metrics import MetricLog, read_metrics
+from opdkit.rewards import is_spanish, last_number, make_check, make_reward
+
+
+def test_numeric_reward_reads_the_last_number():
+    reward = make_reward("numeric")
+    assert reward("3 + 4 is 7.", "7") == 1.0
+    assert reward("7? no, it is 8", "7") == 0.0
+    assert reward("no number here", "7") == 0.0
+    assert last_number("1,234.5 and then -3") == -3.0
+
+
+def test_exact_and_contains_rewards():
+    assert make_reward("exact")("  Paris ", "paris") == 1.0
+    assert make_reward("exact")("Paris, France", "paris") == 0.0
+    assert make_reward("contains")("It is Paris, France", "paris") == 1.0
+    with pytest.raises(ValueError, match="unknown reward"):
+        make_reward("bleu")
+
+
+def test_rule_checks():
+    assert is_spanish("La capital de Francia es París.")
+    assert not is_spanish("The capital of France is Paris.")
+    assert make_check("contains:Cheers!")("ok. Cheers!")
+    assert make_check("regex:^[A-Z ]+$")("ALL CAPS") and not make_check("regex:^[A-Z ]+$")("no")
+    with pytest.raises(ValueError, match="unknown check"):
+        make_check("french")
+
+
+def test_metric_log_truncates_after_a_step(tmp_path):
+    log = MetricLog(tmp_path)
+    for step in range(1, 6):
+        log.log(step, {"train/loss": float(step), "bad": float("nan")})
+    log.truncate_after(3)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["bad"] == "nan"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed here")
+def test_missing_tracker_is_a_note_not_a_crash(tmp_path, capsys):
+    log = MetricLog(tmp_path, ["tensorboard"])
+    log.log(1, {"train/loss": 1.0})
+    assert log.trackers == [] and "not installed" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown tracker"):
+        MetricLog(tmp_path, ["mlflow"])
