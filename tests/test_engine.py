@@ -18,7 +18,8 @@ from opdkit.config import load_config
 from opdkit.metrics import read_metrics
 from opdkit.models import load_model
 from opdkit.session import build_session
-from opdkit.train import micro_batch_loss, collect, run, lr_factor, first_special_mask
+from opdkit.runner import run
+from opdkit.train import collect, first_special_mask, lr_factor, micro_batch_loss
 
 
 def _weights(path):

@@ -16,7 +16,8 @@ from opdkit.metrics import read_metrics
 from opdkit.models import ModelError, load_model, preflight
 from opdkit.session import prepare_items
 from opdkit.teachers import PromptRenderer
-from opdkit.train import TrainingError, run
+from opdkit.runner import run
+from opdkit.train import TrainingError
 
 
 def _write(path, lines):

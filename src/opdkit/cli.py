@@ -42,7 +42,7 @@ def _config(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from opdkit.config import load_config
-    from opdkit.train import run
+    from opdkit.runner import run
     cfg = load_config(args.command, args.config, args.overrides)
     rows = run(cfg, resume=args.resume)
     if rows:
@@ -64,7 +64,7 @@ def _eval(args: argparse.Namespace) -> int:
     session = build_session(cfg, load_train=False)
     if args.checkpoint is not None:
         from opdkit import checkpoint
-        from opdkit.train import checkpoint_modules
+        from opdkit.runner import checkpoint_modules
         path = args.checkpoint if (args.checkpoint / "state.pt").is_file() else checkpoint.latest(args.checkpoint)
         if path is None:
             raise checkpoint.CheckpointError(f"{args.checkpoint} holds no complete checkpoint")

@@ -116,6 +116,20 @@ class RunConfig:
     threads: int = doc("torch CPU threads (0: leave torch's default)", 0)
     progress: bool = doc("console progress bar", True)
     trackers: list = doc("extra metric sinks when installed: 'tensorboard', 'wandb'", factory=list)
+    hedge_words: list = doc("words counted by diag/hedge_rate (per 1,000 response words)",
+                            factory=lambda: ["wait", "but", "maybe", "hmm", "alternatively"])
+
+
+@dataclass
+class GuardConfig:
+    enabled: bool = doc("watch the step metrics with the guard's rules", True)
+    use_defaults: bool = doc("start from the default rules (opdkit.guard.DEFAULT_RULES)", True)
+    disable: list = doc("names of default rules to drop", factory=list)
+    rules: list = doc("extra rules (a rule with a default's name replaces it): {name, metric, above, below, "
+                      "above_rel, below_rel, window, patience, action: warn|stop|rollback, lr_factor, "
+                      "switch_objective, why}", factory=list)
+    baseline_steps: int = doc("steps whose mean is each metric's baseline for relative bounds", 5)
+    max_rollbacks: int = doc("rollbacks before the guard stops the run instead", 2)
 
 
 @dataclass
@@ -129,6 +143,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def objective_name(self) -> str:

@@ -36,6 +36,16 @@ class MetricLog:
         with self.events.open("a") as fh:
             fh.write(json.dumps({"step": step, "event": kind, "time": time.time(), **details}) + "\n")
 
+    def move_after(self, step: int, name: str) -> None:
+        """Move rows after `step` to `name` (appended): a rolled-back branch is kept, not lost."""
+        if not self.path.is_file():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        later = [line for line in lines if json.loads(line)["step"] > step]
+        with (self.path.parent / name).open("a") as fh:
+            fh.writelines(line + "\n" for line in later)
+        self.truncate_after(step)
+
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return

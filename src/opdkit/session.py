@@ -3,16 +3,17 @@
 `build_session` loads the student (optionally layer-dropped, optionally LoRA), the teacher
 (a separate model for `distill`, the student shown PI for `self-distill`), runs the pair
 preflight, renders and length-checks the prompts, and binds the objective. The training
-loop (`opdkit.train`) and evaluation (`opdkit.evaluate`) only consume this object.
+loop (`opdkit.runner`, `opdkit.train`) and evaluation (`opdkit.evaluate`) only consume this object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from opdkit.config import Config
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
+from opdkit.diagnostics import with_diagnostics
 from opdkit.models import PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import OBJECTIVES, make_objective
 from opdkit.rollout import HFSampler
@@ -41,11 +42,11 @@ class Session:
     skipped_prompts: int
     report: PairReport
     teacher_tokenizer: object = None
-    notes: list[str] = field(default_factory=list)
+    objective_name: str = ""          # may differ from the config after a guard switch
 
     @property
     def needs_teacher(self) -> bool:
-        return OBJECTIVES[self.cfg.objective_name].teacher != "none"
+        return OBJECTIVES[self.objective_name or self.cfg.objective_name].teacher != "none"
 
 
 def _lora(model, cfg: Config):
@@ -120,7 +121,7 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     teacher, teacher_tok, report = build_teacher(cfg, student, tokenizer, len(tokenizer))
     report.vocab = min(report.vocab, student.get_output_embeddings().weight.shape[0])
     objective_name = cfg.objective_name
-    objective = make_objective(objective_name, **cfg.objective.options)
+    objective = with_diagnostics(make_objective(objective_name, **cfg.objective.options))
     if OBJECTIVES[objective_name].teacher != "none" and teacher is None:
         raise ValueError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
     items, skipped = load_items(cfg, d.train, student_prompt, _require_fields(cfg)) if load_train else ([], 0)
@@ -128,7 +129,7 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
         raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
     return Session(cfg, tokenizer, student, teacher, student_prompt, HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id),
-                   objective, report.vocab, items, skipped, report, teacher_tok)
+                   objective, report.vocab, items, skipped, report, teacher_tok, objective_name)
 
 
 def new_stream(session: Session) -> PromptStream:

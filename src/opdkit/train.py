@@ -1,33 +1,30 @@
-"""The one training loop for sft, distill (OPD), self-distill (OPSD) and grpo.
+"""One optimizer step for sft, distill (OPD), self-distill (OPSD) and grpo.
 
+The loop around it (checkpoints, resume, evaluation, the guard) is `opdkit.runner`.
 Per optimizer step: take prompts -> responses (sampled by the student; for SFT, given or
 teacher-written) -> rewards and advantages (GRPO) -> count the step's loss-bearing tokens
 -> per micro-batch: teacher scores, student forward, objective on hidden states in chunks,
 backward with weights mask / step_tokens (so accumulation is token-exact) -> clip, step,
-schedule -> metrics -> checkpoint. A non-finite loss or gradient skips the step (logged);
-`run.max_bad_steps` in a row stop the run. `resume=True` continues from the newest
-complete checkpoint with the same weights, optimizer, RNG and data position.
+schedule -> metrics (response and token diagnostics included). A non-finite loss or
+gradient skips the optimizer step; the runner counts and logs it.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from opdkit import checkpoint
-from opdkit.config import Config, config_from_dict, save_config, to_dict
 from opdkit.data import batches
+from opdkit.diagnostics import entropy_gap, response_diagnostics
 from opdkit.logprobs import chunked_objective_loss, objective_loss
-from opdkit.metrics import MetricLog
 from opdkit.objectives import group_advantages
 from opdkit.packing import pack, pad_rows, response_hidden
 from opdkit.rewards import make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs, TeacherScores
-from opdkit.session import Session, build_session, new_stream
+from opdkit.session import Session
 from opdkit.teachers import head_of
 
 
@@ -161,7 +158,8 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
                                         advantages, step_tokens)
         loss_total += float(result.loss.detach())
         counts += float(mask.sum())
-        for k, v in result.metrics.items():
+        gap = entropy_gap(result.metrics)
+        for k, v in {**result.metrics, **({"entropy_gap": gap} if gap is not None else {})}.items():
             sums[k] = sums.get(k, 0.0) + float((v * mask).sum())
     s.student.eval()
     grad_norm = _grad_norm(s.student, cfg.optim.max_grad_norm)
@@ -172,12 +170,19 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
         if s.teacher is not None:
             s.teacher.after_step(s.student)
     optimizer.zero_grad(set_to_none=True)
+    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+    responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
+                                     tuple(cfg.run.hedge_words))
+    if rollouts.meta and all(e.answer is not None for e in rollouts.meta):
+        reward = make_reward(cfg.reward.kind)
+        reward_metrics["rollout/accuracy"] = sum(reward(t, e.answer) for t, e in zip(texts, rollouts.meta)) / len(texts)
     metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
                "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
-               "rollout/length_mean": float(lengths.mean()), "rollout/eos_rate": sum(rollouts.finished) / len(rollouts),
+               "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
                "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
                "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
-               **reward_metrics, **{f"objective/{k}": v / max(counts, 1.0) for k, v in sums.items()}}
+               **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
+               **{f"diag/{k}": v / max(counts, 1.0) for k, v in sums.items()}}
     return StepOutcome(metrics, finite)
 
 
@@ -215,105 +220,3 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- the run
-
-def checkpoint_modules(s: Session) -> dict:
-    return {"student": s.student, **(s.teacher.checkpoint_modules() if s.teacher is not None else {})}
-
-
-def save_checkpoint(s: Session, run_dir: Path, step: int, stream, optimizer, scheduler, bad_streak: int) -> Path:
-    state = {"step": step, "stream": stream.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(), "bad_streak": bad_streak}
-    return checkpoint.save(run_dir, step, checkpoint_modules(s), state, s.cfg.run.keep_checkpoints)
-
-
-def restore(s: Session, run_dir: Path, log: MetricLog, stream, optimizer, scheduler) -> tuple[int, int]:
-    """(step, bad_streak) from the newest complete checkpoint; (0, 0) when there is none."""
-    path = checkpoint.latest(run_dir)
-    if path is None:
-        return 0, 0
-    state = checkpoint.load(path, checkpoint_modules(s))
-    stream.load_state_dict(state["stream"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    checkpoint.set_rng_state(state["rng"])
-    log.truncate_after(state["step"])
-    log.event(state["step"], "resumed", checkpoint=str(path))
-    return state["step"], state["bad_streak"]
-
-
-def check_resume_config(cfg: Config, run_dir: Path) -> None:
-    import yaml
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    old = to_dict(config_from_dict(yaml.safe_load(saved.read_text())))
-    new = to_dict(cfg)
-    # Only the length of the run may change on resume; everything else must match.
-    old["optim"]["steps"] = new["optim"]["steps"]
-    old["run"]["progress"] = new["run"]["progress"]
-    if old != new:
-        diff = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) for k in new[sec] if old[sec].get(k) != new[sec][k]]
-        raise TrainingError(f"--resume with a different config than {saved}: {diff or ['mode']} changed; "
-                            f"start a new run directory or restore the original values")
-
-
-def run(cfg: Config, resume: bool = False, session: Session | None = None) -> list[dict]:
-    """Train; returns the metrics rows logged by this call."""
-    run_dir = Path(cfg.run.out)
-    if not resume and checkpoint.latest(run_dir) is not None:
-        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
-    if resume:
-        check_resume_config(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    s = session or build_session(cfg)
-    save_config(cfg, run_dir / "config.yaml")
-    log = MetricLog(run_dir, cfg.run.trackers)
-    stream = new_stream(s)
-    optimizer, scheduler = make_optimizer(s)
-    step, bad_streak = restore(s, run_dir, log, stream, optimizer, scheduler) if resume else (0, 0)
-    if step == 0:
-        from opdkit.evaluate import identity_self_test
-        if resume:
-            log.truncate_after(-1)       # an attempt that died before its first checkpoint left rows
-        identity = identity_self_test(s)
-        if not identity < 1e-4:
-            raise TrainingError(f"identity self-test failed: the student scored against itself gives KL {identity:.3g} "
-                                f"(expected 0); the scoring path misaligns prompts or positions")
-        log.event(0, "start", skipped_prompts=s.skipped_prompts, notes=s.report.notes, identity_kl=identity)
-        if cfg.run.eval_every and cfg.data.eval:       # the "before" numbers, logged as step 0
-            from opdkit.evaluate import evaluate_session
-            log.log(0, {f"eval/{k}": v for k, v in evaluate_session(s, teacher_side=True).items()})
-    return _loop(s, run_dir, log, stream, optimizer, scheduler, step, bad_streak)
-
-
-def _loop(s: Session, run_dir: Path, log: MetricLog, stream, optimizer, scheduler, step: int, bad_streak: int) -> list[dict]:
-    from tqdm import tqdm
-    from opdkit.evaluate import evaluate_session
-    cfg, rows = s.cfg, []
-    bar = tqdm(total=cfg.optim.steps, initial=step, desc=cfg.mode, disable=not cfg.run.progress, dynamic_ncols=True)
-    while step < cfg.optim.steps:
-        outcome = train_step(s, stream, optimizer, scheduler)
-        step += 1
-        bad_streak = 0 if outcome.finite else bad_streak + 1
-        metrics = {**outcome.metrics, "data/skipped_prompts": s.skipped_prompts}
-        if cfg.run.eval_every and step % cfg.run.eval_every == 0 and cfg.data.eval:
-            metrics.update({f"eval/{k}": v for k, v in evaluate_session(s).items()})
-        log.log(step, metrics)
-        rows.append({"step": step, **metrics})
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", len=f"{metrics['rollout/length_mean']:.1f}")
-        if not outcome.finite:
-            log.event(step, "skipped_nonfinite", loss=str(metrics["train/loss"]), grad_norm=str(metrics["train/grad_norm"]))
-            if bad_streak >= cfg.run.max_bad_steps:
-                save_checkpoint(s, run_dir, step, stream, optimizer, scheduler, bad_streak)
-                raise TrainingError(f"{bad_streak} non-finite steps in a row (loss {metrics['train/loss']}, grad norm "
-                                    f"{metrics['train/grad_norm']}); the weights were not updated by them. Check the "
-                                    f"teacher's logits and lower optim.lr; events are in {log.events}")
-        if step % cfg.run.save_every == 0 or step == cfg.optim.steps:
-            path = save_checkpoint(s, run_dir, step, stream, optimizer, scheduler, bad_streak)
-            log.event(step, "checkpoint", path=str(path))
-    bar.close()
-    return rows

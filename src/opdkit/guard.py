@@ -1,0 +1,185 @@
+"""The guard: declarative rules over the step metrics that warn, stop, or roll back.
+
+A rule watches one metric (e.g. `diag/p_k`), smooths it over `window` steps, and compares
+it with absolute bounds (`above`, `below`) and bounds relative to the run's own baseline
+(`above_rel`, `below_rel`: multiples of the metric's mean over the first `baseline_steps`
+steps). All given bounds must hold; after `patience` consecutive steps the rule fires once
+(it re-arms when the condition clears). Actions:
+
+- warn: an event in events.jsonl and a console line;
+- stop: checkpoint and stop the run with the alarm as the message;
+- rollback: reload the newest checkpoint from before the condition began, optionally
+  multiply the learning rate (`lr_factor`) and switch the objective (`switch_objective`),
+  and continue. `max_rollbacks` bounds the retries; then it stops.
+
+The default rules are the collapse signatures of the paper: the student's mass draining off
+its own top-K (mechanism 2's "+1" term), hedge words and repeated 3-grams rising (the
+"maybe" loops), entropy collapsing, responses running to the budget, top-K overlap falling.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+ACTIONS = ("warn", "stop", "rollback")
+
+
+@dataclass
+class Rule:
+    name: str
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    above_rel: float | None = None
+    below_rel: float | None = None
+    window: int = 1
+    patience: int = 1
+    action: str = "warn"
+    lr_factor: float = 1.0
+    switch_objective: str = ""
+    why: str = ""
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"guard rule {self.name!r}: action must be one of {ACTIONS}, got {self.action!r}")
+        if all(b is None for b in (self.above, self.below, self.above_rel, self.below_rel)):
+            raise ValueError(f"guard rule {self.name!r} needs at least one of above, below, above_rel, below_rel")
+        if self.window < 1 or self.patience < 1:
+            raise ValueError(f"guard rule {self.name!r}: window and patience must be at least 1")
+
+
+DEFAULT_RULES = [
+    Rule("topk_mass_drain", "diag/p_k", below_rel=0.85, window=3, patience=3, action="rollback",
+         lr_factor=0.5, switch_objective="topk_rkl_sg",
+         why="the student's mass leaves its own top-K (the biased '+1' gradient of unnormalised top-K RKL)"),
+    Rule("repeat_loops", "diag/repeat_ratio", above_rel=2.0, above=0.3, window=3, patience=3, action="rollback",
+         lr_factor=0.5, why="repeated 3-grams rising: the degenerate loops of a collapsing student"),
+    Rule("hedging", "diag/hedge_rate", above_rel=3.0, above=20.0, window=3, patience=3, action="warn",
+         why="hedge words ('wait', 'maybe', ...) rising: revision tokens pulling the student sideways"),
+    Rule("entropy_collapse", "diag/student_entropy", below_rel=0.25, window=3, patience=3, action="warn",
+         why="the student's entropy collapsing: it stops exploring and the on-policy signal vanishes"),
+    Rule("runaway_length", "diag/truncation", above=0.9, above_rel=2.0, window=3, patience=3, action="warn",
+         why="responses running to the token budget without EOS"),
+    Rule("overlap_fall", "diag/overlap", below_rel=0.6, window=3, patience=3, action="warn",
+         why="top-K overlap with the teacher falling, which precedes degeneration"),
+]
+
+
+@dataclass
+class Alarm:
+    rule: str
+    metric: str
+    step: int
+    value: float
+    baseline: float | None
+    action: str
+    onset: int          # first step of the window in which the condition started holding
+    why: str
+
+
+@dataclass
+class _Track:
+    values: deque
+    streak: int = 0
+    fired: bool = False
+    streak_start: int = 0
+
+
+@dataclass
+class Guard:
+    rules: list[Rule]
+    baseline_steps: int = 5
+    baselines: dict = field(default_factory=dict)
+    _seen: dict = field(default_factory=dict)
+    _tracks: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, rules: list[dict] = (), baseline_steps: int = 5, use_defaults: bool = True,
+                    disable: list[str] = ()) -> "Guard":
+        """Default rules (minus `disable`), then `rules` (a same-named rule replaces a default)."""
+        chosen = {r.name: Rule(**asdict(r)) for r in DEFAULT_RULES if use_defaults and r.name not in disable}
+        unknown = set(disable) - {r.name for r in DEFAULT_RULES}
+        if unknown:
+            raise ValueError(f"guard.disable names unknown rules {sorted(unknown)}; "
+                             f"defaults: {[r.name for r in DEFAULT_RULES]}")
+        for spec in rules:
+            try:
+                rule = Rule(**spec)
+            except TypeError as e:
+                raise ValueError(f"guard rule {spec}: {e}") from None
+            chosen[rule.name] = rule
+        return cls(list(chosen.values()), baseline_steps)
+
+    def _baseline(self, metric: str, value: float) -> float | None:
+        seen = self._seen.setdefault(metric, [])
+        if len(seen) < self.baseline_steps:
+            seen.append(value)
+            if len(seen) == self.baseline_steps:
+                self.baselines[metric] = sum(seen) / len(seen)
+        return self.baselines.get(metric)
+
+    def _holds(self, rule: Rule, value: float, baseline: float | None) -> bool:
+        checks = []
+        if rule.above is not None:
+            checks.append(value > rule.above)
+        if rule.below is not None:
+            checks.append(value < rule.below)
+        if rule.above_rel is not None or rule.below_rel is not None:
+            if baseline is None:
+                return False            # relative rules wait for the baseline
+            if rule.above_rel is not None:
+                checks.append(value > rule.above_rel * baseline)
+            if rule.below_rel is not None:
+                checks.append(value < rule.below_rel * baseline)
+        return all(checks)
+
+    def observe(self, step: int, metrics: dict) -> list[Alarm]:
+        """Feed one step's metrics; returns the alarms that fire at this step."""
+        baselines = {}
+        for metric in {r.metric for r in self.rules}:
+            value = metrics.get(metric)
+            if isinstance(value, (int, float)):
+                baselines[metric] = self._baseline(metric, float(value))
+        alarms = []
+        for rule in self.rules:
+            value = metrics.get(rule.metric)
+            if not isinstance(value, (int, float)):
+                continue
+            track = self._tracks.setdefault(rule.name, _Track(deque(maxlen=rule.window)))
+            track.values.append(float(value))
+            smooth = sum(track.values) / len(track.values)
+            if self._holds(rule, smooth, baselines.get(rule.metric)):
+                if track.streak == 0:
+                    track.streak_start = step - len(track.values) + 1
+                track.streak += 1
+            else:
+                track.streak, track.fired = 0, False
+            if track.streak >= rule.patience and not track.fired:
+                track.fired = True
+                alarms.append(Alarm(rule.name, rule.metric, step, smooth, baselines.get(rule.metric), rule.action,
+                                    track.streak_start, rule.why))
+        return alarms
+
+    def rule(self, name: str) -> Rule:
+        return next(r for r in self.rules if r.name == name)
+
+    def reset_tracks(self) -> None:
+        """After a rollback: forget the smoothed windows and streaks, keep the baselines."""
+        self._tracks = {}
+
+    def state_dict(self) -> dict:
+        return {"baselines": dict(self.baselines), "seen": {k: list(v) for k, v in self._seen.items()},
+                "tracks": {k: {"values": list(t.values), "maxlen": t.values.maxlen, "streak": t.streak,
+                               "fired": t.fired, "streak_start": t.streak_start} for k, t in self._tracks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.baselines = dict(state["baselines"])
+        self._seen = {k: list(v) for k, v in state["seen"].items()}
+        self._tracks = {k: _Track(deque(t["values"], maxlen=t["maxlen"]), t["streak"], t["fired"], t["streak_start"])
+                        for k, t in state["tracks"].items()}
+
+
+def describe_alarm(alarm: Alarm) -> str:
+    base = "" if alarm.baseline is None else f" (baseline {alarm.baseline:.4g})"
+    return (f"guard: {alarm.rule} at step {alarm.step}: {alarm.metric} = {alarm.value:.4g}{base}; "
+            f"{alarm.why}; action: {alarm.action}")
