@@ -35,7 +35,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         teacher_key = key.replace("eval/", "eval/teacher_")
         ceiling = [r[teacher_key] for r in rows if teacher_key != key and isinstance(r.get(teacher_key), (int, float))]
         if ceiling and key != "eval/teacher_kl":
-            ax.axhline(ceiling[0], color="grey", linestyle="--", label="teacher (with PI)")
+            ax.axhline(ceiling[0], color="grey", linestyle="--", label="teacher (its own prompt)")
             ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
