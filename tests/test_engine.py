@@ -60,13 +60,15 @@ def test_each_command_runs_three_steps_and_changes_parameters(tiny_dir, tmp_path
     assert all(r["train/skipped"] == 0 for r in rows)
 
 
-def test_resume_equals_uninterrupted(tiny_dir, tmp_path):
-    full = run(load_config("distill", overrides=engine_overrides(
-        tiny_dir, tmp_path / "full", **{"model.teacher": tiny_dir / "teacher", "optim.steps": 4})))
-    run(load_config("distill", overrides=engine_overrides(
-        tiny_dir, tmp_path / "cut", **{"model.teacher": tiny_dir / "teacher", "optim.steps": 2})))
-    run(load_config("distill", overrides=engine_overrides(
-        tiny_dir, tmp_path / "cut", **{"model.teacher": tiny_dir / "teacher", "optim.steps": 4})), resume=True)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_resume_equals_uninterrupted(tiny_dir, tmp_path, command):
+    extra = {k: (tiny_dir / "teacher" if v is None else v) for k, v in COMMANDS[command].items()}
+    if command == "self-distill":
+        extra["teacher.self_weights"] = "ema"         # the EMA teacher's weights must resume too
+    full = run(load_config(command, overrides=engine_overrides(tiny_dir, tmp_path / "full", **extra, **{"optim.steps": 4})))
+    run(load_config(command, overrides=engine_overrides(tiny_dir, tmp_path / "cut", **extra, **{"optim.steps": 2})))
+    run(load_config(command, overrides=engine_overrides(tiny_dir, tmp_path / "cut", **extra, **{"optim.steps": 4})),
+        resume=True)
     assert _comparable(read_metrics(tmp_path / "cut" / "metrics.jsonl")) == _comparable(full)
     a = _weights(tmp_path / "full" / "checkpoints" / "step_00000004" / "student.safetensors")
     b = _weights(tmp_path / "cut" / "checkpoints" / "step_00000004" / "student.safetensors")
