@@ -5,6 +5,7 @@
     opdkit sft | distill | self-distill | grpo [--config FILE] [--resume] [key=value ...]
     opdkit eval [--config FILE] [key=value ...]          accuracy, length, rule rate, teacher KL
     opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
+    opdkit export RUN_DIR --out DIR         the newest checkpoint as a Hugging Face model directory
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
 
@@ -99,6 +100,12 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from opdkit.export import export_run
+    print(f"wrote {export_run(args.run_dir, args.out, args.checkpoint)}")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config (sections model:, data:, optim:, ...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
@@ -137,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=None, help="image path (default RUN_DIR/metrics.png)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("export", help="write a run's newest checkpoint as a Hugging Face model directory")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a specific checkpoint directory (default: newest)")
+    p.set_defaults(func=_export)
 
     lab = sub.add_parser("lab", help="the miniature testbed").add_subparsers(dest="experiment", required=True)
     p = lab.add_parser("fixed-points", help="descend each objective on free logits; compare with MATH.md")

@@ -50,7 +50,7 @@ class Rule:
 
 DEFAULT_RULES = [
     Rule("topk_mass_drain", "diag/p_k", below_rel=0.85, window=3, patience=3, action="rollback",
-         lr_factor=0.5, switch_objective="topk_rkl_sg",
+         lr_factor=0.5, switch_objective="topk_rkl_tail",
          why="the student's mass leaves its own top-K (the biased '+1' gradient of unnormalised top-K RKL)"),
     Rule("repeat_loops", "diag/repeat_ratio", above_rel=2.0, above=0.3, window=3, patience=3, action="rollback",
          lr_factor=0.5, why="repeated 3-grams rising: the degenerate loops of a collapsing student"),

@@ -1,0 +1,58 @@
+"""A CPU testbed in seconds: a tiny teacher that knows a task, and students near or at it.
+
+Task: "what is a plus b?" for a, b in 0..4 (25 prompts; the answer is one digit, then EOS).
+`build_testbed(dir)` trains a 2-layer Llama (hidden 64, the tiny BPE tokenizer) from
+scratch by SFT through opdkit's own loop, keeping checkpoints along the way, and exports:
+
+- `teacher/`: the final SFT model (greedy accuracy 1.0 on the task);
+- `student_<step>/`: earlier SFT checkpoints (partially trained students), on request.
+
+The guard test and the lab use it: a student equal to the teacher separates objectives
+that stay at p = q (stop-grad, tail) from the unnormalised one that leaves it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from opdkit.lab.tiny import build_tokenizer, save_tiny
+
+
+def write_task(path: Path, size: int = 5) -> Path:
+    with open(path, "w") as fh:
+        for a in range(size):
+            for b in range(size):
+                fh.write(json.dumps({"prompt": f"what is {a} plus {b}?", "answer": str(a + b),
+                                     "response": str(a + b)}) + "\n")
+    return path
+
+
+def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, ...] = (), seed: int = 0) -> Path:
+    """Train the teacher in `root/teacher_run` and export `root/teacher` (+ `root/student_<step>`)."""
+    from opdkit.config import load_config
+    from opdkit.export import export_run
+    from opdkit.runner import run
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    save_tiny(root / "init", layers=2, hidden=64, seed=seed, tokenizer=build_tokenizer())
+    task = write_task(root / "task.jsonl")
+    cfg = load_config("sft", overrides=[
+        f"model.student={root / 'init'}", f"data.train={task}", f"run.out={root / 'teacher_run'}",
+        f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
+        "rollout.max_new_tokens=4", "run.save_every=20", f"run.keep_checkpoints={sft_steps // 20 + 1}",
+        "run.progress=false", "guard.enabled=false", f"run.seed={seed}"])
+    run(cfg)
+    export_run(root / "teacher_run", root / "teacher")
+    for step in students:
+        export_run(root / "teacher_run", root / f"student_{step}", root / "teacher_run" / "checkpoints" / f"step_{step:08d}")
+    return root
+
+
+def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 5, lr: float = 3e-4,
+                  steps: int = 80) -> list[str]:
+    """A distill run on the testbed: 32 sampled answers per step, top-K with K = k."""
+    return [f"model.student={root / student}", f"model.teacher={root / 'teacher'}", f"data.train={root / 'task.jsonl'}",
+            f"run.out={out}", f"optim.steps={steps}", "optim.prompts_per_step=32", "optim.micro_batch=32",
+            f"optim.lr={lr}", "rollout.max_new_tokens=4", f"objective.name={objective}", f"objective.options={{k: {k}}}",
+            "run.save_every=5", "run.keep_checkpoints=30", "run.progress=false", "run.threads=1"]
