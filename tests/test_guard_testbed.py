@@ -51,3 +51,11 @@ def test_guard_never_fires_on_the_stop_grad_run(testbed, tmp_path):
     rows = run(load_config("distill", overrides=opd_overrides(testbed, "teacher", tmp_path / "sg", "topk_rkl_sg")))
     assert len(rows) == 80
     assert _alarms(tmp_path / "sg") == []
+
+
+def test_sweep_runs_and_tabulates(tmp_path):
+    from opdkit.lab import sweep
+    results = sweep.run_sweep(tmp_path, steps=3, objectives=("topk_rkl_tail", "rkl"), students=("teacher",))
+    assert [(r["student"], r["objective"]) for r in results] == [("teacher", "topk_rkl_tail"), ("teacher", "rkl")]
+    assert "topk_rkl_tail" in sweep.format_table(results)
+    assert json.loads((tmp_path / "sweep.json").read_text()) == results

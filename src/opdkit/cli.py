@@ -8,6 +8,7 @@
     opdkit export RUN_DIR --out DIR         the newest checkpoint as a Hugging Face model directory
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
+    opdkit lab sweep --out DIR              OPD objectives x starting students on the tiny testbed
 
 Errors in user input (config, data, models, checkpoints) print one message and exit 2.
 """
@@ -111,6 +112,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
 
 
+def _lab_sweep(args: argparse.Namespace) -> int:
+    from opdkit.lab import sweep
+    print(sweep.format_table(sweep.run_sweep(args.out, steps=args.steps)))
+    print(f"\nwrote {args.out / 'sweep.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opdkit", description="On-policy distillation toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_lab_fixed_points)
+    p = lab.add_parser("sweep", help="OPD objectives x starting students on the tiny testbed (CPU, ~2 min)")
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
+    p.add_argument("--steps", type=int, default=150, help="OPD steps per run")
+    p.set_defaults(func=_lab_sweep)
     return parser
 
 
