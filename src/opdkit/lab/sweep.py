@@ -16,9 +16,10 @@ OBJECTIVES = ("topk_rkl_unnorm", "topk_rkl_sg", "topk_rkl_tail", "rkl")
 STUDENTS = ("student_60", "student_100", "teacher")
 
 
-def _tail_mean(rows: list[dict], key: str, n: int = 10) -> float:
+def _tail_mean(rows: list[dict], key: str, n: int = 10) -> float | None:
+    """Mean over the last n steps; None when the objective does not report the metric."""
     values = [r[key] for r in rows[-n:] if key in r]
-    return sum(values) / len(values) if values else float("nan")
+    return sum(values) / len(values) if values else None
 
 
 def run_sweep(out: str | Path, steps: int = 150, objectives=OBJECTIVES, students=STUDENTS) -> list[dict]:
@@ -48,7 +49,7 @@ def format_table(results: list[dict]) -> str:
     lines = [f"{'student':<12} {'objective':<16} {'acc start':>9} {'acc end':>8} {'P_K end':>8} {'H(p) end':>9}",
              "-" * 66]
     for r in results:
-        pk = "-" if r["p_k_end"] != r["p_k_end"] else f"{r['p_k_end']:.3f}"
+        pk = "-" if r["p_k_end"] is None else f"{r['p_k_end']:.3f}"
         lines.append(f"{r['student']:<12} {r['objective']:<16} {r['accuracy_start']:>9.2f} {r['accuracy_end']:>8.2f} "
                      f"{pk:>8} {r['entropy_end']:>9.2f}")
     return "\n".join(lines)
