@@ -49,3 +49,10 @@ def engine_overrides(tiny_dir, out, **extra) -> list[str]:
               "optim.lr": 1e-3, "run.progress": False, "run.threads": 1, "run.save_every": 1}
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory):
+    """The tiny addition task with an SFT-trained teacher and the step-60 student (~4 s)."""
+    from opdkit.lab.testbed import build_testbed
+    return build_testbed(tmp_path_factory.mktemp("testbed"), students=(60,))

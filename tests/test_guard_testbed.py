@@ -11,13 +11,8 @@ import json
 import pytest
 
 from opdkit.config import load_config
-from opdkit.lab.testbed import build_testbed, opd_overrides
+from opdkit.lab.testbed import opd_overrides
 from opdkit.runner import run
-
-
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    return build_testbed(tmp_path_factory.mktemp("testbed"))
 
 
 def _smoothed_accuracy(rows, window=3):

@@ -5,6 +5,7 @@
     opdkit sft | distill | self-distill | grpo [--config FILE] [--resume] [key=value ...]
     opdkit eval [--config FILE] [key=value ...]          accuracy, length, rule rate, teacher KL
     opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
+    opdkit probe pair|prefix|pi [--config FILE] [key=value ...]   can this run work? numbers + verdict
     opdkit export RUN_DIR --out DIR         the newest checkpoint as a Hugging Face model directory
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
@@ -107,6 +108,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import json
+    from opdkit.config import load_config
+    from opdkit.probes import PROBES, format_probe
+    from opdkit.session import build_session
+    mode = args.mode or ("self-distill" if args.probe == "pi" else "distill")
+    session = build_session(load_config(mode, args.config, args.overrides))
+    result = PROBES[args.probe](session, prompts=args.prompts)
+    print(format_probe(args.probe, result))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"probe_{args.probe}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config (sections model:, data:, optim:, ...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
@@ -147,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", default="sft" if name == "eval" else "distill", choices=["sft", "distill", "self-distill", "grpo"],
                        help="which teacher to build (model.teacher when set; self-distill: the student with PI)")
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("probe", help="measure before training whether a run can work: pair, prefix, pi")
+    p.add_argument("probe", choices=["pair", "prefix", "pi"])
+    _add_run_args(p)
+    p.add_argument("--mode", default=None, choices=["distill", "self-distill"],
+                   help="teacher to build (default: distill; self-distill for `pi`)")
+    p.add_argument("--prompts", type=int, default=16, help="prompts to probe with")
+    p.add_argument("--out", type=Path, default=None, help="also write probe_<name>.json here (the report reads it)")
+    p.set_defaults(func=_probe)
 
     p = sub.add_parser("plot", help="plot a run directory's metrics.jsonl")
     p.add_argument("run_dir", type=Path)
