@@ -7,6 +7,7 @@
     opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
     opdkit probe pair|prefix|pi [--config FILE] [key=value ...]   can this run work? numbers + verdict
     opdkit export RUN_DIR --out DIR         the newest checkpoint as a Hugging Face model directory
+    opdkit report RUN_DIR [RUN_DIR ...] [--out report.html]   curves, alarms, word clouds, probes, config
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
     opdkit lab sweep --out DIR              OPD objectives x starting students on the tiny testbed
@@ -125,6 +126,12 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from opdkit.report import build_report
+    print(f"wrote {build_report(args.run_dirs, args.out)}")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config (sections model:, data:, optim:, ...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
@@ -174,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=16, help="prompts to probe with")
     p.add_argument("--out", type=Path, default=None, help="also write probe_<name>.json here (the report reads it)")
     p.set_defaults(func=_probe)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: curves, alarms, word clouds, probes, config")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("report.html"))
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("plot", help="plot a run directory's metrics.jsonl")
     p.add_argument("run_dir", type=Path)

@@ -32,6 +32,11 @@ class MetricLog:
         for tracker in self.trackers:
             tracker(step, values)
 
+    def samples(self, step: int, texts: list[str]) -> None:
+        """The step's decoded responses, for word clouds and reading (samples.jsonl)."""
+        with (self.path.parent / "samples.jsonl").open("a") as fh:
+            fh.write(json.dumps({"step": step, "texts": texts}, ensure_ascii=False) + "\n")
+
     def event(self, step: int, kind: str, **details) -> None:
         with self.events.open("a") as fh:
             fh.write(json.dumps({"step": step, "event": kind, "time": time.time(), **details}) + "\n")
@@ -47,10 +52,10 @@ class MetricLog:
         self.truncate_after(step)
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+        for path in (self.path, self.path.parent / "samples.jsonl"):
+            if path.is_file():
+                keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+                atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def read_metrics(path: Path) -> list[dict]:

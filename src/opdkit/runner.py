@@ -138,6 +138,9 @@ class Runner:
         if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and cfg.data.eval:
             metrics.update({f"eval/{k}": v for k, v in evaluate_session(self.s).items()})
         self.log.log(self.step, metrics)
+        every = cfg.run.sample_every
+        if every and (self.step == 1 or self.step % every == 0 or self.step == cfg.optim.steps):
+            self.log.samples(self.step, outcome.texts)
         self.rows.append({"step": self.step, **metrics})
         self.bar.n = self.step
         self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", len=f"{metrics['rollout/length_mean']:.1f}")

@@ -136,6 +136,7 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
 class StepOutcome:
     metrics: dict
     finite: bool
+    texts: list[str]            # the step's decoded responses (word clouds, samples.jsonl)
 
 
 def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
@@ -183,7 +184,7 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
                "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
                **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
                **{f"diag/{k}": v / max(counts, 1.0) for k, v in sums.items()}}
-    return StepOutcome(metrics, finite)
+    return StepOutcome(metrics, finite, texts)
 
 
 def _row_slices(n: int, size: int) -> list[slice]:
