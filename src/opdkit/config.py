@@ -119,6 +119,7 @@ class RunConfig:
     threads: int = doc("torch CPU threads (0: leave torch's default)", 0)
     progress: bool = doc("console progress bar", True)
     trackers: list = doc("extra metric sinks when installed: 'tensorboard', 'wandb'", factory=list)
+    diagnostics: bool = doc("per-step diagnostics (opdkit.diagnostics); off only to measure their cost", True)
     sample_every: int = doc("write the step's decoded responses to samples.jsonl every n steps (0: never)", 10)
     hedge_words: list = doc("words counted by diag/hedge_rate (per 1,000 response words)",
                             factory=lambda: ["wait", "but", "maybe", "hmm", "alternatively"])

@@ -54,7 +54,8 @@ def switch_objective(s: Session, name: str) -> None:
     spec = OBJECTIVES[name]
     allowed = set(inspect.signature(spec.fn).parameters) - {"logits", "inputs"} - set(spec.options)
     options = {k: v for k, v in s.cfg.objective.options.items() if k in allowed}
-    s.objective = with_diagnostics(make_objective(name, **options))
+    objective = make_objective(name, **options)
+    s.objective = with_diagnostics(objective) if s.cfg.run.diagnostics else objective
     s.objective_name = name
 
 

@@ -121,7 +121,9 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     teacher, teacher_tok, report = build_teacher(cfg, student, tokenizer, len(tokenizer))
     report.vocab = min(report.vocab, student.get_output_embeddings().weight.shape[0])
     objective_name = cfg.objective_name
-    objective = with_diagnostics(make_objective(objective_name, **cfg.objective.options))
+    objective = make_objective(objective_name, **cfg.objective.options)
+    if cfg.run.diagnostics:
+        objective = with_diagnostics(objective)
     if OBJECTIVES[objective_name].teacher != "none" and teacher is None:
         raise ValueError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
     items, skipped = load_items(cfg, d.train, student_prompt, _require_fields(cfg)) if load_train else ([], 0)

@@ -172,8 +172,11 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
             s.teacher.after_step(s.student)
     optimizer.zero_grad(set_to_none=True)
     texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-    responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
-                                     tuple(cfg.run.hedge_words))
+    if cfg.run.diagnostics:
+        responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
+                                         tuple(cfg.run.hedge_words))
+    else:
+        responses = {"length_mean": float(lengths.mean()), "eos_rate": sum(rollouts.finished) / len(rollouts)}
     if rollouts.meta and all(e.answer is not None for e in rollouts.meta):
         reward = make_reward(cfg.reward.kind)
         reward_metrics["rollout/accuracy"] = sum(reward(t, e.answer) for t, e in zip(texts, rollouts.meta)) / len(texts)
