@@ -58,3 +58,27 @@ def test_entropy_gap_and_the_wrapper_keep_the_objective():
     p = torch.softmax(logits, -1)
     expected = ((-(teacher.exp() * teacher).sum(-1)) - (-(p * p.log()).sum(-1))).abs()
     torch.testing.assert_close(gap, expected)
+
+
+def test_overlap_advantage_hand_values():
+    from opdkit.diagnostics import overlap_advantage
+    logp = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.1]]))
+    logq = torch.log(torch.tensor([[0.2, 0.1, 0.6, 0.1]]))
+    # top-2: student {0, 1}, teacher {2, 0}; overlap {0}: p~ = q~ = 1 there -> 0
+    assert overlap_advantage(logp, logq, 2).item() == pytest.approx(0.0)
+    # top-3: student {0, 1, 2}, teacher {2, 0, 1}: the overlap is {0, 1, 2}
+    logp3 = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    logq3 = torch.log(torch.tensor([[0.2, 0.15, 0.6, 0.05]]))
+    p_t = torch.tensor([0.5, 0.3, 0.15]) / 0.95
+    q_t = torch.tensor([0.2, 0.15, 0.6]) / 0.95
+    expected = float((p_t * (q_t.log() - p_t.log())).sum())
+    assert overlap_advantage(logp3, logq3, 3).item() == pytest.approx(expected, rel=1e-5)
+    assert expected < 0
+
+
+def test_gap_recovery_closed_form():
+    from opdkit.evaluate import gap_recovery
+    before = {"accuracy": 0.2, "teacher_accuracy": 0.6, "rule_rate": 0.0, "teacher_rule_rate": 0.9}
+    out = gap_recovery(before, {"accuracy": 0.5, "rule_rate": 0.9})
+    assert out["accuracy_gap_recovery"] == pytest.approx(0.75) and out["rule_rate_gap_recovery"] == pytest.approx(1.0)
+    assert gap_recovery({"accuracy": 0.6, "teacher_accuracy": 0.5}, {"accuracy": 0.7}) == {}   # teacher no better

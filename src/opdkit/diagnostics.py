@@ -60,7 +60,7 @@ def response_diagnostics(responses: list[list[int]], texts: list[str], finished:
 
 
 @torch.no_grad()
-def token_diagnostics(logits: Tensor, inputs: ObjectiveInputs) -> dict[str, Tensor]:
+def token_diagnostics(logits: Tensor, inputs: ObjectiveInputs, k: int = 20) -> dict[str, Tensor]:
     """Per-token diagnostics of the sampled ids from student logits (..., V) and teacher scores."""
     logits = upcast(logits.detach())
     ids = inputs.ids.long().unsqueeze(-1)
@@ -80,7 +80,27 @@ def token_diagnostics(logits: Tensor, inputs: ObjectiveInputs) -> dict[str, Tens
     if logq_y is not None:
         out["teacher_logprob"] = logq_y
         out["negative_reward"] = (logq_y - logp_y < 0).float()
+    if teacher.logprobs is not None:
+        out["overlap_advantage"] = overlap_advantage(logits.log_softmax(-1), upcast(teacher.logprobs), k)
     return out
+
+
+def overlap_advantage(logp: Tensor, logq: Tensor, k: int) -> Tensor:
+    """Rethinking OPD's overlap-token advantage: sum over TopK_S & TopK_T of p~ (log q~ - log p~).
+
+    p~ and q~ are p and q renormalised over the overlap, so the value is -KL(p~ || q~) <= 0:
+    how much the teacher disagrees with the student on the tokens both rank highly.
+    0 where the top-K sets do not overlap.
+    """
+    k = min(k, logp.shape[-1])
+    student_ids = logp.topk(k, dim=-1).indices
+    teacher_ids = logq.topk(k, dim=-1).indices
+    shared = (student_ids.unsqueeze(-1) == teacher_ids.unsqueeze(-2)).any(-1)           # (..., k)
+    lp = logp.gather(-1, student_ids).masked_fill(~shared, float("-inf"))
+    lq = logq.gather(-1, student_ids).masked_fill(~shared, float("-inf"))
+    lp_t, lq_t = lp - torch.logsumexp(lp, -1, keepdim=True), lq - torch.logsumexp(lq, -1, keepdim=True)
+    terms = torch.where(shared, lp_t.exp() * (lq_t - lp_t), torch.zeros_like(lp))
+    return terms.sum(-1)
 
 
 def with_diagnostics(objective):

@@ -93,6 +93,21 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
         torch.set_rng_state(state)
 
 
+def gap_recovery(before: dict, now: dict) -> dict:
+    """(x_now - x_before) / (x_teacher - x_before) for accuracy and rule rate (MATH.md).
+
+    `before` is the step-0 evaluation (it holds the teacher's own rates); 1 means the student
+    closed the whole gap to its teacher; undefined (absent) when the teacher is no better.
+    """
+    out = {}
+    for key in ("accuracy", "rule_rate"):
+        if key in now and key in before and f"teacher_{key}" in before:
+            gap = before[f"teacher_{key}"] - before[key]
+            if gap > 0:
+                out[f"{key}_gap_recovery"] = (now[key] - before[key]) / gap
+    return out
+
+
 def sample_answers(s: Session, n: int) -> list[tuple[str, str]]:
     """(prompt, greedy answer) for the first n eval prompts: what the numbers are counting."""
     items = eval_items(s)[:n]

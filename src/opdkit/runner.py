@@ -130,14 +130,16 @@ class Runner:
         return self.rows
 
     def one_step(self) -> None:
-        from opdkit.evaluate import evaluate_session
+        from opdkit.evaluate import evaluate_session, gap_recovery
         cfg = self.cfg
         outcome = train_step(self.s, self.stream, self.optimizer, self.scheduler)
         self.step += 1
         self.bad_streak = 0 if outcome.finite else self.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
         if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and cfg.data.eval:
-            metrics.update({f"eval/{k}": v for k, v in evaluate_session(self.s).items()})
+            result = evaluate_session(self.s)
+            result.update(gap_recovery(self.before_eval(), result))
+            metrics.update({f"eval/{k}": v for k, v in result.items()})
         self.log.log(self.step, metrics)
         every = cfg.run.sample_every
         if every and (self.step == 1 or self.step % every == 0 or self.step == cfg.optim.steps):
@@ -151,6 +153,13 @@ class Runner:
             return                                  # rolled back: the step counter moved back
         if self.step % cfg.run.save_every == 0 or self.step == cfg.optim.steps:
             self.save()
+
+    def before_eval(self) -> dict:
+        """The step-0 evaluation of this run (from metrics.jsonl, so it survives resumes)."""
+        from opdkit.metrics import read_metrics
+        rows = read_metrics(self.log.path) if self.log.path.is_file() else []
+        first = next((r for r in rows if r["step"] == 0), {})
+        return {k[len("eval/"):]: v for k, v in first.items() if k.startswith("eval/")}
 
     def nonfinite(self, metrics: dict) -> None:
         self.log.event(self.step, "skipped_nonfinite", loss=str(metrics["train/loss"]),
