@@ -52,8 +52,11 @@ DEFAULT_RULES = [
     Rule("topk_mass_drain", "diag/p_k", below_rel=0.85, window=3, patience=3, action="rollback",
          lr_factor=0.5, switch_objective="topk_rkl_tail",
          why="the student's mass leaves its own top-K (the biased '+1' gradient of unnormalised top-K RKL)"),
-    Rule("repeat_loops", "diag/repeat_ratio", above_rel=2.0, above=0.3, window=3, patience=3, action="rollback",
-         lr_factor=0.5, why="repeated 3-grams rising: the degenerate loops of a collapsing student"),
+    # Absolute, not relative: a student that loops from its first steps has a looping baseline
+    # (SmolLM2's 10-layer student: 0.6 over steps 1-5), and a relative bound would never fire.
+    # With no checkpoint from before the onset, the rollback becomes a stop.
+    Rule("repeat_loops", "diag/repeat_ratio", above=0.6, window=3, patience=3, action="rollback",
+         lr_factor=0.5, why="most response tokens repeat an earlier 3-gram: the student is looping"),
     Rule("hedging", "diag/hedge_rate", above_rel=3.0, above=20.0, window=3, patience=3, action="warn",
          why="hedge words ('wait', 'maybe', ...) rising: revision tokens pulling the student sideways"),
     Rule("entropy_collapse", "diag/student_entropy", below_rel=0.25, window=3, patience=3, action="warn",
