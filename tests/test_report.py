@@ -69,3 +69,13 @@ def test_report_renders_in_headless_chromium(two_runs, tmp_path):
     assert int(loaded.group(2)) >= 6 and loaded.group(1) == loaded.group(2), loaded.group(0)
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
+
+
+def test_word_clouds_survive_responses_without_words(two_runs, tmp_path):
+    import shutil
+    from opdkit.report import RunData, word_clouds
+    run_dir = tmp_path / "blank"
+    shutil.copytree(two_runs[0], run_dir)
+    (run_dir / "samples.jsonl").write_text(json.dumps({"step": 1, "texts": ["   \n\n", " \n the a"]}) + "\n")
+    assert word_clouds(RunData(run_dir)) == [(1, None)]
+    assert "no words" in build_report([run_dir], tmp_path / "r.html").read_text()

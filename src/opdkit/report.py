@@ -95,21 +95,25 @@ def curves_figure(runs: list[RunData]) -> str | None:
     return _png(fig)
 
 
-def word_clouds(run: RunData, picks: int = 3) -> list[tuple[int, str]]:
-    """(step, image) for the first, middle and last logged sample steps."""
-    from wordcloud import WordCloud
+def word_clouds(run: RunData, picks: int = 3) -> list[tuple[int, str | None]]:
+    """(step, image or None when there are no words) for the first, middle and last logged sample steps."""
+    from wordcloud import STOPWORDS, WordCloud
+    from opdkit.diagnostics import HEDGE_WORDS
+    stopwords = set(STOPWORDS) - set(HEDGE_WORDS)       # "but", "maybe" must stay visible
     if not run.samples:
         return []
     chosen = sorted({run.samples[0]["step"], run.samples[len(run.samples) // 2]["step"], run.samples[-1]["step"]})[:picks]
     out = []
     for step in chosen:
         text = " ".join(t for s in run.samples if s["step"] == step for t in s["texts"])
-        if not text.split():
-            continue
         # regexp: single characters and digits count as words (short answers, "maybe" loops alike)
         cloud = WordCloud(width=360, height=220, background_color="white", collocations=False, regexp=r"[\w']+",
-                          min_word_length=1)
-        image = cloud.generate(text).to_image()
+                          min_word_length=1, stopwords=stopwords)
+        try:
+            image = cloud.generate(text).to_image()
+        except ValueError:                   # only whitespace or stop-words: itself a finding
+            out.append((step, None))
+            continue
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         out.append((step, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
@@ -120,7 +124,9 @@ def probe_section(name: str, result: dict) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    counts = {"tokens", "distinct_pis"}              # bookkeeping, on another scale than the measurements
+    numbers = {k: v for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in counts}
     body = f"<p><b>{html.escape(name)}</b>: {html.escape(str(result.get('verdict', '')))}</p>"
     if numbers:
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(numbers) + 0.8))
@@ -153,6 +159,8 @@ def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
         if clouds:
             parts.append("<h3>Sampled responses</h3><div class='row'>" + "".join(
                 f"<figure>{_img(uri, f'words at step {step}')}<figcaption>step {step}</figcaption></figure>"
+                if uri else f"<figure><p>no words: the responses were whitespace or stop-words</p>"
+                            f"<figcaption>step {step}</figcaption></figure>"
                 for step, uri in clouds) + "</div>")
         if run.probes:
             parts.append("<h3>Probes</h3>" + "".join(probe_section(n, r) for n, r in run.probes.items()))
