@@ -11,6 +11,7 @@
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
     opdkit lab sweep --out DIR              OPD objectives x starting students on the tiny testbed
+    opdkit lab reproduce [--quick] [--only C1,C4] --out DIR   the paper's claims: table, claims.json, report.html
 
 Errors in user input (config, data, models, checkpoints) print one message and exit 2.
 """
@@ -144,6 +145,14 @@ def _lab_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_reproduce(args: argparse.Namespace) -> int:
+    from opdkit.lab import reproduce
+    rows = reproduce.reproduce(args.out, quick=args.quick, only=args.only, seeds=args.seeds)
+    print(reproduce.format_table(rows))
+    print(f"\nwrote {args.out / 'claims.json'} and {args.out / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opdkit", description="On-policy distillation toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_lab_fixed_points)
+    p = lab.add_parser("reproduce", help="the paper's claims C1-C11 on the tiny testbed: table, claims.json, report.html")
+    p.add_argument("--out", type=Path, default=Path("runs/lab"), help="output directory (models are cached in OUT/cache)")
+    p.add_argument("--quick", action="store_true", help="one seed, shorter runs (<= 10 min on 2 cores)")
+    p.add_argument("--only", default=None, help="comma-separated claims, e.g. C1,C4")
+    p.add_argument("--seeds", type=int, default=None, help="seeds (default: 1 quick, 3 full)")
+    p.set_defaults(func=_lab_reproduce)
     p = lab.add_parser("sweep", help="OPD objectives x starting students on the tiny testbed (CPU, ~2 min)")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
     p.add_argument("--steps", type=int, default=150, help="OPD steps per run")

@@ -22,7 +22,7 @@ CURVES = [
     ("train/loss", "training loss"), ("rollout/accuracy", "sampled accuracy"), ("eval/accuracy", "held-out accuracy"),
     ("rollout/length_mean", "response length"), ("diag/hedge_rate", "hedge words / 1,000 words"),
     ("diag/repeat_ratio", "3-gram repeat ratio"), ("diag/overlap", "top-K overlap ratio"),
-    ("diag/pk_over_qk", "P_K / Q_K (log; lines at 1 and 1/e)"), ("diag/student_entropy", "student entropy"),
+    ("diag/pk_qk_ratio", "mean P_K / mean Q_K (log; lines at 1 and 1/e)"), ("diag/student_entropy", "student entropy"),
     ("diag/teacher_entropy", "teacher entropy"), ("eval/teacher_kl", "held-out KL to teacher"),
     ("eval/rule_rate", "held-out rule rate"),
 ]
@@ -82,7 +82,7 @@ def curves_figure(runs: list[RunData]) -> str | None:
             ax.plot(x, y, label=run.name, marker="o" if len(x) < 8 else None)
             for step, kind in run.marks():
                 ax.axvline(step, color="red" if kind != "rollback" else "orange", linestyle=":", linewidth=1)
-        if key == "diag/pk_over_qk":
+        if key == "diag/pk_qk_ratio":
             ax.set_yscale("log")              # 1/e and 1 matter; early spikes reach the hundreds
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.axhline(0.3679, color="grey", linewidth=0.8, linestyle="--")
@@ -147,9 +147,10 @@ def alarm_table(run: RunData) -> str:
     return f"<table><tr><th>step</th><th>event</th><th>rule</th><th>detail</th></tr>{cells}</table>"
 
 
-def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+def build_report(run_dirs: list[str | Path], out: str | Path, title: str | None = None, preamble: str = "") -> Path:
+    """The page for `run_dirs`; `preamble` (HTML) goes between the title and the curves."""
     runs = [RunData(Path(d)) for d in run_dirs]
-    parts = [f"<h1>opdkit report: {html.escape(', '.join(r.name for r in runs))}</h1>"]
+    parts = [f"<h1>{html.escape(title or 'opdkit report: ' + ', '.join(r.name for r in runs))}</h1>", preamble]
     curves = curves_figure(runs)
     if curves:
         parts.append("<h2>Curves</h2><p>Dotted lines: guard alarms (red) and rollbacks (orange).</p>" + _img(curves, "curves"))

@@ -180,13 +180,17 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
     if rollouts.meta and all(e.answer is not None for e in rollouts.meta):
         reward = make_reward(cfg.reward.kind)
         reward_metrics["rollout/accuracy"] = sum(reward(t, e.answer) for t, e in zip(texts, rollouts.meta)) / len(texts)
+    token_means = {k: v / max(counts, 1.0) for k, v in sums.items()}
+    if "p_k" in token_means and token_means.get("q_k", 0) > 0:
+        # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0
+        token_means["pk_qk_ratio"] = token_means["p_k"] / token_means["q_k"]
     metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
                "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
                "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
                "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
                "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
                **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
-               **{f"diag/{k}": v / max(counts, 1.0) for k, v in sums.items()}}
+               **{f"diag/{k}": v for k, v in token_means.items()}}
     return StepOutcome(metrics, finite, texts)
 
 

@@ -13,6 +13,7 @@ that stay at p = q (stop-grad, tail) from the unnormalised one that leaves it.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from opdkit.lab.tiny import build_tokenizer, save_tiny
@@ -34,7 +35,12 @@ def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, .
     from opdkit.runner import run
 
     root = Path(root)
+    marker = root / "testbed.json"
+    spec = {"sft_steps": sft_steps, "students": sorted(students), "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return root                      # cached: trained models are reused, not retrained
     root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root / "teacher_run", ignore_errors=True)     # a half-built or differently built testbed
     save_tiny(root / "init", layers=2, hidden=64, seed=seed, tokenizer=build_tokenizer())
     task = write_task(root / "task.jsonl")
     cfg = load_config("sft", overrides=[
@@ -46,6 +52,7 @@ def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, .
     export_run(root / "teacher_run", root / "teacher")
     for step in students:
         export_run(root / "teacher_run", root / f"student_{step}", root / "teacher_run" / "checkpoints" / f"step_{step:08d}")
+    marker.write_text(json.dumps(spec))
     return root
 
 

@@ -1,0 +1,84 @@
+"""`opdkit lab reproduce [--quick] [--only C1,C4] --out DIR`: the claims table, claims.json, report.html.
+
+Quick mode: one seed and shorter runs; full mode: three seeds, mean +- spread. The testbed
+models are cached under DIR/cache, so a second run skips their training.
+"""
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+from opdkit.lab.claims import CLAIMS, Claim, Context
+
+VERDICT_COLOURS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700", "not run": "#6e7781"}
+
+
+def select(only: str | None) -> list[Claim]:
+    if not only:
+        return CLAIMS
+    wanted = [c.strip().upper() for c in only.split(",") if c.strip()]
+    known = {c.id for c in CLAIMS}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise ValueError(f"unknown claims {unknown}; known: {', '.join(sorted(known, key=lambda c: int(c[1:])))}")
+    return [c for c in CLAIMS if c.id in wanted]
+
+
+def reproduce(out: str | Path, quick: bool = True, only: str | None = None, seeds: int | None = None) -> list[dict]:
+    from tqdm import tqdm
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(out, quick)
+    claims = select(only)
+    seed_list = list(range(seeds or (1 if quick else 3)))
+    jobs = [(c, s) for c in claims if c.run is not None for s in seed_list]
+    results: dict[str, list[dict]] = {c.id: [] for c in claims}
+    started = time.time()
+    with tqdm(total=len(jobs), desc="lab reproduce", unit="run", dynamic_ncols=True) as bar:
+        for claim, seed in jobs:
+            bar.set_postfix_str(f"{claim.id} seed {seed}")
+            results[claim.id].append(claim.run(ctx, seed))
+            bar.update(1)
+    rows = [row_for(c, results[c.id], len(seed_list)) for c in claims]
+    (out / "claims.json").write_text(json.dumps({"mode": "quick" if quick else "full", "seeds": seed_list,
+                                                 "wall_s": round(time.time() - started, 1), "claims": rows,
+                                                 "raw": results}, indent=2, default=str))
+    write_report(out, rows, claims, seed_list)
+    return rows
+
+
+def row_for(claim: Claim, results: list[dict], seeds: int) -> dict:
+    if claim.run is None:
+        verdict, measured = "not run", f"not implemented in the miniature yet: {claim.hypothesis}"
+    else:
+        verdict, measured = claim.judge(results)
+    return {"claim": claim.id, "title": claim.title, "paper": claim.paper, "hypothesis": claim.hypothesis,
+            "threshold": claim.threshold, "measured": measured, "verdict": verdict, "seeds": seeds if claim.run else 0}
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'claim':<5} {'verdict':<15} {'title'}", "-" * 100]
+    for r in rows:
+        lines.append(f"{r['claim']:<5} {r['verdict']:<15} {r['title']}")
+        if r["verdict"] != "not run":
+            lines.append(f"{'':<21} measured: {r['measured']}")
+    return "\n".join(lines)
+
+
+def claims_html(rows: list[dict]) -> str:
+    head = "<tr><th>claim</th><th>paper</th><th>hypothesis (miniature)</th><th>threshold</th><th>measured</th><th>verdict</th></tr>"
+    body = "".join(
+        f"<tr><td><b>{r['claim']}</b> {html.escape(r['title'])}</td><td>{html.escape(r['paper'])}</td>"
+        f"<td>{html.escape(r['hypothesis'])}</td><td>{html.escape(r['threshold'])}</td><td>{html.escape(r['measured'])}</td>"
+        f"<td style='color:{VERDICT_COLOURS[r['verdict']]}'><b>{r['verdict']}</b></td></tr>" for r in rows)
+    return f"<h2>Claims</h2><table>{head}{body}</table>"
+
+
+def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[int]) -> Path:
+    from opdkit.report import build_report
+    run_dirs = [out / "runs" / f"{name}-seed{seeds[0]}" for c in claims if c.run is not None for name in c.figures]
+    run_dirs = [d for d in run_dirs if (d / "metrics.jsonl").is_file()]
+    return build_report(run_dirs, out / "report.html", title="opdkit lab: the paper's claims in miniature",
+                        preamble=claims_html(rows))

@@ -1,0 +1,70 @@
+"""The claims machinery: statistics, judges on constructed numbers, selection, and a real run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opdkit import cli
+from opdkit.lab.claims import CLAIMS, collapse_step, judge_c1, judge_c2, judge_c4, smoothed
+from opdkit.lab.reproduce import select
+
+
+def test_smoothed_and_collapse_step():
+    assert smoothed([1, 1, 0, 0]) == pytest.approx([1, 1, 2 / 3, 1 / 3])
+    rows = [{"step": i + 1, "rollout/accuracy": a} for i, a in enumerate([1, 1, 1, 0.5, 0.2, 0.1])]
+    # 3-step means: 1, 1, 1, .83, .57, .27 -> first below 0.5 at step 6
+    assert collapse_step(rows) == 6
+    assert collapse_step(rows[:4]) is None
+
+
+def _c1(pk2=0.35, pk8=0.45, c2=40, c8=60, grows=True):
+    def one(pk, c):
+        return {"collapse_step": c, "pk_qk_end": pk, "len_start": 2.0, "len_end": 3.0 if grows else 2.0,
+                "acc_start": 1.0, "acc_end": 0.4}
+    return {"K2": one(pk2, c2), "K8": one(pk8, c8)}
+
+
+def test_judge_c1_each_condition_can_fail():
+    assert judge_c1([_c1()])[0] == "reproduced"
+    assert judge_c1([_c1(pk2=0.9)])[0] == "not reproduced"          # P_K/Q_K far from 1/e
+    assert judge_c1([_c1(c2=70)])[0] == "not reproduced"            # smaller K collapsed later
+    assert judge_c1([_c1(c8=None)])[0] == "not reproduced"          # no collapse
+    assert judge_c1([_c1(grows=False)])[0] == "not reproduced"      # length did not rise
+    assert judge_c1([_c1(), _c1(pk8=0.1)])[0] == "not reproduced"   # every seed must pass
+
+
+def test_judge_c2_and_c4():
+    stable = {"acc_start": 0.9, "acc_end": 0.85, "pk_qk_end": 1.05}
+    assert judge_c2([{"teacher": stable, "student_100": stable}])[0] == "reproduced"
+    drifted = dict(stable, pk_qk_end=0.7)
+    assert judge_c2([{"teacher": stable, "student_100": drifted}])[0] == "not reproduced"
+    r = {"teacher_alone": 1.0, "teacher_after_0.25": 0.6, "teacher_after_0.5": 0.4, "teacher_after_0.75": 0.4}
+    assert judge_c4([r])[0] == "reproduced"
+    assert judge_c4([dict(r, **{"teacher_after_0.75": 0.5})])[0] == "not reproduced"
+
+
+def test_select_claims():
+    assert [c.id for c in select("c1, C4")] == ["C1", "C4"]
+    assert len(select(None)) == 11 == len(CLAIMS)
+    with pytest.raises(ValueError, match="unknown claims"):
+        select("C12")
+
+
+def test_reproduce_one_claim_writes_table_json_and_report(tmp_path, capsys):
+    assert cli.main(["lab", "reproduce", "--quick", "--only", "C4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "C4" in out and "measured" in out
+    data = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["claim"] for c in data["claims"]] == ["C4"]
+    assert data["claims"][0]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    assert "Claims" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_reproduce_quick_covers_every_claim(tmp_path):
+    from opdkit.lab.reproduce import reproduce
+    rows = reproduce(tmp_path, quick=True)
+    assert [r["claim"] for r in rows] == [f"C{i}" for i in range(1, 12)]
+    assert all(r["verdict"] in ("reproduced", "not reproduced", "inconclusive", "not run") for r in rows)
+    assert (tmp_path / "report.html").is_file()
