@@ -242,7 +242,7 @@ def _quiet_transformers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("objectives", "config", "lab"):
+    if args.command not in ("objectives", "config"):
         _quiet_transformers()
     try:
         return args.func(args)
