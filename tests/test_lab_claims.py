@@ -68,3 +68,24 @@ def test_reproduce_quick_covers_every_claim(tmp_path):
     assert [r["claim"] for r in rows] == [f"C{i}" for i in range(1, 12)]
     assert all(r["verdict"] in ("reproduced", "not reproduced", "inconclusive", "not run") for r in rows)
     assert (tmp_path / "report.html").is_file()
+
+
+def test_judges_c8_c9_c11_and_tokens_to_reach():
+    from opdkit.lab.claims import judge_c8, judge_c9, judge_c11, tokens_to_reach
+    c8 = {"rule_before": 0.0, "rule_teacher": 1.0, "rule_after": 0.9, "acc_before": 1.0, "acc_after": 0.95}
+    assert judge_c8([c8])[0] == "reproduced"
+    assert judge_c8([dict(c8, rule_after=0.7)])[0] == "not reproduced"
+    assert judge_c8([dict(c8, acc_after=0.8)])[0] == "not reproduced"
+    c9 = {"acc_before": 0.1, "acc_after": 0.2, "acc_teacher": 1.0, "kl_to_consensus": 0.9, "kl_to_own_teacher": 4.7}
+    assert judge_c9([c9])[0] == "reproduced"
+    assert judge_c9([dict(c9, acc_after=0.5)])[0] == "not reproduced"           # held-out keys were learned
+    assert judge_c9([dict(c9, kl_to_consensus=5.0)])[0] == "not reproduced"
+    rows = [{"rollout/tokens": 10, "rollout/rule_rate": v} for v in (0.0, 0.5, 1.0, 1.0, 1.0)]
+    # 3-step means: 0, .25, .5, .83 -> reached after 4 steps = 40 tokens
+    assert tokens_to_reach(rows) == 40
+    assert tokens_to_reach(rows[:3]) is None
+    race = lambda o, g: {"self-distill": {"tokens_to_rule": o, "budget": 100, "rule_end": 1.0},
+                         "grpo": {"tokens_to_rule": g, "budget": 100, "rule_end": 0.0}}
+    assert judge_c11([race(30, None)])[0] == "reproduced"
+    assert judge_c11([race(30, 20)])[0] == "not reproduced"
+    assert judge_c11([race(None, None)])[0] == "not reproduced"

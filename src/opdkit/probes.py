@@ -233,3 +233,26 @@ def format_probe(name: str, result: dict) -> str:
             lines.append(f"  {key:<24} {value:.4g}" if isinstance(value, float) and math.isfinite(value)
                          else f"  {key:<24} {value}")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def consensus_kls(s: Session, items: list, pis: list[str], seed: int = 0) -> dict:
+    """On the student's own samples for `items`: KL(student || own-PI teacher) and
+    KL(student || geometric-mean consensus of the teacher over `pis`), token means.
+
+    Mechanism 3's prediction for instance-specific PI: after OPSD the student sits closer to
+    the consensus than to the teacher that saw the example's own PI.
+    """
+    with _seeded(seed):
+        rollouts = _generate(s, items, greedy=False)
+    own = consensus = tokens = 0.0
+    for it, response in zip(items, rollouts.response_ids):
+        if not response:
+            continue
+        logqs = torch.stack([_teacher_logprobs(s, dataclasses.replace(it.example, pi=p), response) for p in pis])
+        mean = F.log_softmax(logqs.mean(0), -1)
+        logp = _student_logprobs(s, it.prompt_ids, response)
+        own += float(_kl(logp, _teacher_logprobs(s, it.example, response)).sum())
+        consensus += float(_kl(logp, mean).sum())
+        tokens += len(response)
+    return {"kl_to_own_teacher": own / max(tokens, 1.0), "kl_to_consensus": consensus / max(tokens, 1.0)}

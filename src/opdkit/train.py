@@ -177,6 +177,10 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
                                          tuple(cfg.run.hedge_words))
     else:
         responses = {"length_mean": float(lengths.mean()), "eos_rate": sum(rollouts.finished) / len(rollouts)}
+    if cfg.run.check:
+        from opdkit.rewards import make_check
+        check = make_check(cfg.run.check)
+        reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
     if rollouts.meta and all(e.answer is not None for e in rollouts.meta):
         reward = make_reward(cfg.reward.kind)
         reward_metrics["rollout/accuracy"] = sum(reward(t, e.answer) for t, e in zip(texts, rollouts.meta)) / len(texts)

@@ -36,6 +36,10 @@ class Context:
         from opdkit.lab.testbed import build_testbed
         return build_testbed(self.out / "cache" / f"testbed-seed{seed}", students=(60, 100), seed=seed)
 
+    def pi_testbed(self, seed: int) -> Path:
+        from opdkit.lab.testbed import build_pi_testbed
+        return build_pi_testbed(self.out / "cache" / f"pi-testbed-seed{seed}", seed=seed)
+
     def steps(self, quick: int, full: int) -> int:
         return quick if self.quick else full
 
@@ -175,6 +179,109 @@ def judge_c4(results: list[dict]) -> tuple[str, str]:
     return ("reproduced" if drops and deeper else "not reproduced"), measured
 
 
+# ----------------------------------------------------------------------------- C8, C9 (OPSD)
+
+def _opsd(ctx: Context, seed: int, name: str, train: str, evaluate: str, steps: int, check: str = "",
+          fixed_pi: str = ""):
+    """(session, before eval, after eval) of one OPSD run on the PI testbed."""
+    import shutil
+    from opdkit.config import load_config
+    from opdkit.lab.testbed import opsd_overrides
+    from opdkit.metrics import read_metrics
+    from opdkit.runner import run
+    from opdkit.session import build_session
+    out = ctx.out / "runs" / f"{name}-seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = load_config("self-distill", overrides=opsd_overrides(ctx.pi_testbed(seed), train, evaluate, out, steps, check,
+                                                               fixed_pi) + [f"run.seed={seed}"])
+    s = build_session(cfg)
+    run(cfg, session=s)
+    rows = read_metrics(out / "metrics.jsonl")
+    evals = [{k[5:]: v for k, v in r.items() if k.startswith("eval/")} for r in rows if "eval/accuracy" in r]
+    return s, evals[0], evals[-1]
+
+
+def run_c8(ctx: Context, seed: int) -> dict:
+    from opdkit.lab.testbed import RULE
+    _, before, after = _opsd(ctx, seed, "C8-rule", "sums.jsonl", "sums.jsonl", ctx.steps(60, 100), "contains:!", RULE)
+    return {"rule_before": before["rule_rate"], "rule_teacher": before["teacher_rule_rate"], "rule_after": after["rule_rate"],
+            "acc_before": before["accuracy"], "acc_after": after["accuracy"]}
+
+
+def judge_c8(results: list[dict]) -> tuple[str, str]:
+    ok = all(r["rule_after"] >= 0.8 * r["rule_teacher"] and r["acc_after"] >= r["acc_before"] - 0.1 for r in results)
+    measured = (f"rule rate {_fmt([r['rule_before'] for r in results])} -> {_fmt([r['rule_after'] for r in results])} "
+                f"(teacher with the rule {_fmt([r['rule_teacher'] for r in results])}); accuracy "
+                f"{_fmt([r['acc_before'] for r in results])} -> {_fmt([r['acc_after'] for r in results])}")
+    return ("reproduced" if ok else "not reproduced"), measured
+
+
+def run_c9(ctx: Context, seed: int) -> dict:
+    from opdkit.probes import consensus_kls
+    from opdkit.session import load_items
+    s, before, after = _opsd(ctx, seed, "C9-keys", "keys_train.jsonl", "keys_heldout.jsonl", ctx.steps(100, 150))
+    held_out = load_items(s.cfg, s.cfg.data.eval, s.student_prompt)[0]
+    kls = consensus_kls(s, held_out, [f"the key is {d}." for d in range(10)], seed=seed)
+    return {"acc_before": before["accuracy"], "acc_after": after["accuracy"], "acc_teacher": before["teacher_accuracy"],
+            **kls}
+
+
+def judge_c9(results: list[dict]) -> tuple[str, str]:
+    ok = all(r["acc_teacher"] >= 0.8 and r["acc_after"] <= r["acc_before"] + 0.2
+             and r["kl_to_consensus"] < r["kl_to_own_teacher"] for r in results)
+    measured = (f"held-out key accuracy {_fmt([r['acc_before'] for r in results])} -> {_fmt([r['acc_after'] for r in results])}"
+                f" (chance 0.1; teacher with the key {_fmt([r['acc_teacher'] for r in results])}); after OPSD, KL(student || "
+                f"consensus of 10 keys) {_fmt([r['kl_to_consensus'] for r in results])} vs KL(student || own-key teacher) "
+                f"{_fmt([r['kl_to_own_teacher'] for r in results])}")
+    return ("reproduced" if ok else "not reproduced"), measured
+
+
+# ----------------------------------------------------------------------------- C11 (OPSD vs GRPO)
+
+def tokens_to_reach(rows: list[dict], key: str = "rollout/rule_rate", level: float = 0.8) -> int | None:
+    """Sampled tokens spent until the 3-step mean of `key` first reaches `level` (None: never)."""
+    spent, values = 0, []
+    for r in rows:
+        spent += r["rollout/tokens"]
+        values.append(r.get(key, 0.0))
+        if statistics.fmean(values[-3:]) >= level:
+            return spent
+    return None
+
+
+def run_c11(ctx: Context, seed: int) -> dict:
+    import shutil
+    from opdkit.config import load_config
+    from opdkit.lab.testbed import RULE, opsd_overrides
+    from opdkit.runner import run
+    root, steps = ctx.pi_testbed(seed), ctx.steps(60, 100)
+    out = {}
+    for mode, extra in (("self-distill", [f"data.pi={RULE}"]),
+                        ("grpo", [f"data.train={root / 'sums_rule.jsonl'}", "reward.kind=exact",
+                                  "rollout.samples_per_prompt=4", "optim.prompts_per_step=4", "optim.micro_batch=16"])):
+        run_dir = ctx.out / "runs" / f"C11-{mode}-seed{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        overrides = opsd_overrides(root, "sums.jsonl", "sums.jsonl", run_dir, steps, "contains:!") + \
+            ["run.eval_every=0", f"run.seed={seed}", *extra]
+        rows = run(load_config(mode, overrides=overrides))
+        out[mode] = {"tokens_to_rule": tokens_to_reach(rows), "budget": sum(r["rollout/tokens"] for r in rows),
+                     "rule_end": tail_mean(rows, "rollout/rule_rate", 5)}
+    return out
+
+
+def judge_c11(results: list[dict]) -> tuple[str, str]:
+    def faster(r):
+        opsd, grpo = r["self-distill"]["tokens_to_rule"], r["grpo"]["tokens_to_rule"]
+        return opsd is not None and (grpo is None or opsd < grpo)
+    ok = all(faster(r) for r in results)
+    show = lambda mode: ", ".join("never" if r[mode]["tokens_to_rule"] is None else str(r[mode]["tokens_to_rule"])
+                                  for r in results)
+    measured = (f"sampled tokens until the rule rate (3-step mean) reaches 0.8: OPSD {show('self-distill')}; GRPO "
+                f"{show('grpo')} (budget {_fmt([r['grpo']['budget'] for r in results])} tokens each); final rule rate "
+                f"OPSD {_fmt([r['self-distill']['rule_end'] for r in results])}, GRPO {_fmt([r['grpo']['rule_end'] for r in results])}")
+    return ("reproduced" if ok else "not reproduced"), measured
+
+
 CLAIMS = [
     Claim("C1", "unnormalised top-K RKL trains, then collapses",
           "collapse into hedging loops; length and hedge rate up, P_K/Q_K toward 1/e, accuracy down; earlier for smaller K",
@@ -205,10 +312,24 @@ CLAIMS = [
     Claim("C7", "an SFT warm start turns failing OPD into improving OPD",
           "SFT-warmed students improve under OPD where cold ones fail", "needs a cold-start failure case", "-"),
     Claim("C8", "OPSD internalises a shared rule without hurting accuracy",
-          "system-prompt / style rules transfer", "needs a testbed teacher that follows a rule token", "-"),
+          "system-prompt / style rules transfer",
+          "a teacher SFT'd to end answers with '!' when 'always shout.' precedes the question; OPSD on the sums with "
+          "that rule as the teacher's PI, the student never sees it",
+          "every seed: greedy rule rate after >= 0.8 x the PI-conditioned teacher's, accuracy after >= before - 0.1",
+          run_c8, judge_c8, ["C8-rule"]),
     Claim("C9", "OPSD with instance-specific PI does not help; the student lands near the consensus",
-          "answers as PI do not transfer", "needs held-out prompts and per-instance PI", "-"),
+          "per-instance PI (answers) does not transfer; the student learns the PI-free consensus",
+          "the same teacher copies a key from 'the key is k.'; OPSD on items 0-19 with each item's key as PI; "
+          "items 20-29 held out",
+          "every seed: teacher with the key >= 0.8; held-out accuracy after <= before + 0.2 (chance 0.1); "
+          "KL(student || consensus over the 10 keys) < KL(student || own-key teacher) on held-out items",
+          run_c9, judge_c9, ["C9-keys"]),
     Claim("C10", "RKL gives higher Avg@k; FKL is the better start for GRPO", "(Decoupling)", "needs Avg@k and a GRPO stage", "-"),
     Claim("C11", "OPSD reaches a shared rule faster than GRPO at a matched sampling budget",
-          "OPSD is more sample-efficient for shared rules", "needs the rule task with a verifiable reward", "-"),
+          "OPSD is more sample-efficient for shared rules",
+          "the rule task: OPSD (16 prompts x 1 sample per step, the rule as PI) vs GRPO (4 prompts x 4 samples, "
+          "reward = exact match with the answer followed by '!'), same steps, so about the same sampled tokens",
+          "every seed: OPSD's sampled tokens until its rule rate (3-step mean) reaches 0.8 are fewer than GRPO's "
+          "(GRPO never reaching it within the budget counts as slower)", run_c11, judge_c11,
+          ["C11-self-distill", "C11-grpo"]),
 ]

@@ -63,3 +63,75 @@ def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 
             f"run.out={out}", f"optim.steps={steps}", "optim.prompts_per_step=32", "optim.micro_batch=32",
             f"optim.lr={lr}", "rollout.max_new_tokens=4", f"objective.name={objective}", f"objective.options={{k: {k}}}",
             "run.save_every=5", "run.keep_checkpoints=30", "run.progress=false", "run.threads=1"]
+
+
+# ----------------------------------------------------------------------------- privileged information
+
+RULE = "always shout."          # the shared rule: answers end with "!"
+KEY_ITEMS, KEY_TRAIN = 30, 20   # items 0-19 train OPSD, 20-29 are held out
+
+
+def item_keys(seed: int) -> dict[int, int]:
+    import random
+    rng = random.Random(1000 + seed)
+    return {n: rng.randint(0, 9) for n in range(KEY_ITEMS)}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0) -> Path:
+    """A teacher that follows a rule when told (`RULE` -> answer + "!") and copies a key from its PI.
+
+    SFT data: every sum with and without the rule in front of the question; for every item,
+    three questions "what is the key of item n?" preceded by "the key is k." with random k,
+    so the only way to answer is to copy from the PI. Also writes the OPSD datasets:
+    sums.jsonl (no rule), keys_train.jsonl / keys_heldout.jsonl (the true key as `pi`).
+    """
+    import random
+    from opdkit.config import load_config
+    from opdkit.export import export_run
+    from opdkit.runner import run
+
+    root = Path(root)
+    marker = root / "pi_testbed.json"
+    spec = {"sft_steps": sft_steps, "seed": seed, "version": 2}
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root / "teacher_run", ignore_errors=True)
+    save_tiny(root / "init", layers=2, hidden=64, seed=seed, tokenizer=build_tokenizer())
+    rng = random.Random(seed)
+    sums = [(f"what is {a} plus {b}?", str(a + b)) for a in range(5) for b in range(5)]
+    rows = [{"prompt": q, "response": ans} for q, ans in sums]
+    rows += [{"prompt": f"{RULE}\n\n{q}", "response": ans + "!"} for q, ans in sums]
+    rows += [{"prompt": f"the key is {k}.\n\nwhat is the key of item {n}?", "response": str(k)}
+             for n in range(KEY_ITEMS) for k in rng.sample(range(10), 3)]
+    _jsonl(root / "sft.jsonl", rows)
+    keys = item_keys(seed)
+    _jsonl(root / "sums.jsonl", [{"prompt": q, "answer": ans} for q, ans in sums])
+    _jsonl(root / "sums_rule.jsonl", [{"prompt": q, "answer": ans + "!"} for q, ans in sums])    # GRPO: exact match
+    key_rows = [{"prompt": f"what is the key of item {n}?", "answer": str(k), "pi": f"the key is {k}."}
+                for n, k in keys.items()]
+    _jsonl(root / "keys_train.jsonl", key_rows[:KEY_TRAIN])
+    _jsonl(root / "keys_heldout.jsonl", key_rows[KEY_TRAIN:])
+    run(load_config("sft", overrides=[
+        f"model.student={root / 'init'}", f"data.train={root / 'sft.jsonl'}", f"run.out={root / 'teacher_run'}",
+        f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
+        "rollout.max_new_tokens=4", f"run.save_every={sft_steps}", "run.progress=false", "guard.enabled=false",
+        f"run.seed={seed}"]))
+    export_run(root / "teacher_run", root / "teacher")
+    marker.write_text(json.dumps(spec))
+    return root
+
+
+def opsd_overrides(root: Path, train: str, evaluate: str, out: Path, steps: int, check: str = "",
+                   fixed_pi: str = "", lr: float = 1e-3) -> list[str]:
+    """A self-distill run on the PI testbed: PI before the question (as in the teacher's SFT data)."""
+    return [f"model.student={root / 'teacher'}", f"data.train={root / train}", f"data.eval={root / evaluate}",
+            f"data.pi={fixed_pi}", "data.pi_placement=user", f"run.out={out}", f"optim.steps={steps}",
+            "optim.prompts_per_step=16", "optim.micro_batch=16", f"optim.lr={lr}", "rollout.max_new_tokens=4",
+            f"run.eval_every={steps}", "run.eval_limit=32", f"run.check={check}", "run.save_every=1000",
+            "run.progress=false", "run.threads=1", "guard.enabled=false", "run.sample_every=5"]
