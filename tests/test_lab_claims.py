@@ -89,3 +89,11 @@ def test_judges_c8_c9_c11_and_tokens_to_reach():
     assert judge_c11([race(30, None)])[0] == "reproduced"
     assert judge_c11([race(30, 20)])[0] == "not reproduced"
     assert judge_c11([race(None, None)])[0] == "not reproduced"
+
+
+def test_judge_c7():
+    from opdkit.lab.claims import judge_c7
+    r = {"init": {"acc_start": 0.02, "acc_end": 0.05}, "student_60": {"acc_start": 0.35, "acc_end": 0.77}}
+    assert judge_c7([r])[0] == "reproduced"
+    assert judge_c7([dict(r, init={"acc_start": 0.02, "acc_end": 0.3})])[0] == "not reproduced"     # cold improved
+    assert judge_c7([dict(r, student_60={"acc_start": 0.35, "acc_end": 0.4})])[0] == "not reproduced"

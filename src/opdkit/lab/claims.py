@@ -179,6 +179,23 @@ def judge_c4(results: list[dict]) -> tuple[str, str]:
     return ("reproduced" if drops and deeper else "not reproduced"), measured
 
 
+# ----------------------------------------------------------------------------- C7
+
+def run_c7(ctx: Context, seed: int) -> dict:
+    steps = ctx.steps(120, 200)
+    return {start: summary(opd(ctx, seed, f"C7-{start}", start, "topk_rkl_tail", steps=steps))
+            for start in ("init", "student_60")}
+
+
+def judge_c7(results: list[dict]) -> tuple[str, str]:
+    ok = all(r["init"]["acc_end"] - r["init"]["acc_start"] < 0.1 and
+             r["student_60"]["acc_end"] - r["student_60"]["acc_start"] >= 0.2 for r in results)
+    measured = "; ".join(f"{label}: accuracy {_fmt([r[start]['acc_start'] for r in results])} -> "
+                         f"{_fmt([r[start]['acc_end'] for r in results])}"
+                         for label, start in (("cold (random init)", "init"), ("SFT-warmed (60 steps)", "student_60")))
+    return ("reproduced" if ok else "not reproduced"), measured
+
+
 # ----------------------------------------------------------------------------- C8, C9 (OPSD)
 
 def _opsd(ctx: Context, seed: int, name: str, train: str, evaluate: str, steps: int, check: str = "",
@@ -310,7 +327,11 @@ CLAIMS = [
           "the RLVR-adapted teacher gives better OPD; initial top-K overlap explains it",
           "needs GRPO-trained and off-format teachers in the miniature", "-"),
     Claim("C7", "an SFT warm start turns failing OPD into improving OPD",
-          "SFT-warmed students improve under OPD where cold ones fail", "needs a cold-start failure case", "-"),
+          "SFT-warmed students improve under OPD where cold ones fail",
+          "OPD with the default objective (topk_rkl_tail) from an untrained student (the testbed's random init) "
+          "and from the teacher's SFT checkpoint at step 60",
+          "every seed: cold accuracy gain < 0.1 and warm accuracy gain >= 0.2 (sampled accuracy, last 10 steps vs "
+          "first 3)", run_c7, judge_c7, ["C7-init", "C7-student_60"]),
     Claim("C8", "OPSD internalises a shared rule without hurting accuracy",
           "system-prompt / style rules transfer",
           "a teacher SFT'd to end answers with '!' when 'always shout.' precedes the question; OPSD on the sums with "
