@@ -97,3 +97,11 @@ def test_judge_c7():
     assert judge_c7([r])[0] == "reproduced"
     assert judge_c7([dict(r, init={"acc_start": 0.02, "acc_end": 0.3})])[0] == "not reproduced"     # cold improved
     assert judge_c7([dict(r, student_60={"acc_start": 0.35, "acc_end": 0.4})])[0] == "not reproduced"
+
+
+def test_judge_c10():
+    from opdkit.lab.claims import judge_c10
+    r = {"rkl": {"avg_at_k": 0.8, "after_grpo": 0.85}, "fkl": {"avg_at_k": 0.7, "after_grpo": 0.9}}
+    assert judge_c10([r])[0] == "reproduced"
+    assert judge_c10([dict(r, fkl={"avg_at_k": 0.85, "after_grpo": 0.9})])[0] == "not reproduced"
+    assert judge_c10([dict(r, fkl={"avg_at_k": 0.7, "after_grpo": 0.8})])[0] == "not reproduced"
