@@ -105,3 +105,12 @@ def test_judge_c10():
     assert judge_c10([r])[0] == "reproduced"
     assert judge_c10([dict(r, fkl={"avg_at_k": 0.85, "after_grpo": 0.9})])[0] == "not reproduced"
     assert judge_c10([dict(r, fkl={"avg_at_k": 0.7, "after_grpo": 0.8})])[0] == "not reproduced"
+
+
+def test_judge_c6():
+    from opdkit.lab.claims import judge_c6
+    r = {"grpo": {"overlap_start": 0.8, "acc_start": 0.3, "acc_end": 0.8},
+         "offformat": {"overlap_start": 0.3, "acc_start": 0.3, "acc_end": 0.5}}
+    assert judge_c6([r])[0] == "reproduced"
+    assert judge_c6([dict(r, offformat=dict(r["offformat"], acc_end=0.9))])[0] == "not reproduced"
+    assert judge_c6([dict(r, offformat=dict(r["offformat"], overlap_start=0.9))])[0] == "not reproduced"

@@ -61,7 +61,7 @@ def tail_mean(rows: list[dict], key: str, n: int = 10) -> float | None:
 
 
 def opd(ctx: Context, seed: int, name: str, student: str, objective: str, k: int = 5, steps: int = 80,
-        extra: tuple[str, ...] = ()) -> list[dict]:
+        extra: tuple[str, ...] = (), teacher: str = "teacher", max_new_tokens: int = 4) -> list[dict]:
     """One OPD run on the seed's testbed, guard off (the claims are about unguarded dynamics)."""
     import shutil
     from opdkit.config import load_config
@@ -70,7 +70,8 @@ def opd(ctx: Context, seed: int, name: str, student: str, objective: str, k: int
     root = ctx.testbed(seed)
     out = ctx.out / "runs" / f"{name}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    overrides = opd_overrides(root, student, out, objective, k=k, steps=steps)
+    overrides = opd_overrides(root, student, out, objective, k=k, steps=steps, teacher=teacher,
+                              max_new_tokens=max_new_tokens)
     if objective in ("rkl", "fkl"):
         overrides = [o for o in overrides if not o.startswith("objective.options")]
     return run(load_config("distill", overrides=overrides + ["guard.enabled=false", f"run.seed={seed}",
@@ -177,6 +178,32 @@ def judge_c4(results: list[dict]) -> tuple[str, str]:
     deeper = mean["0.75"] <= mean["0.5"] <= mean["0.25"]
     measured = f"teacher alone {alone:.2f}; after cuts at 25/50/75%: " + " / ".join(f"{mean[f]:.2f}" for f in fr)
     return ("reproduced" if drops and deeper else "not reproduced"), measured
+
+
+# ----------------------------------------------------------------------------- C6
+
+def run_c6(ctx: Context, seed: int) -> dict:
+    from opdkit.lab.testbed import build_c6_teachers
+    paths = build_c6_teachers(ctx.testbed(seed), seed)
+    out = {}
+    for name, path in paths.items():
+        rows = opd(ctx, seed, f"C6-{name}", "student_60", "topk_rkl_tail", steps=ctx.steps(120, 200),
+                   teacher=path.name, max_new_tokens=8)
+        out[name] = {"overlap_start": statistics.fmean(r["diag/overlap"] for r in rows[:3]),
+                     "acc_start": statistics.fmean(r["rollout/accuracy"] for r in rows[:3]),
+                     "acc_end": tail_mean(rows, "rollout/accuracy")}
+    return out
+
+
+def judge_c6(results: list[dict]) -> tuple[str, str]:
+    mean = lambda t, key: statistics.fmean(r[t][key] for r in results)
+    ok = mean("grpo", "acc_end") > mean("offformat", "acc_end") and \
+        mean("grpo", "overlap_start") > mean("offformat", "overlap_start")
+    measured = "; ".join(f"{label}: initial top-K overlap {_fmt([r[t]['overlap_start'] for r in results])}, accuracy "
+                         f"{_fmt([r[t]['acc_start'] for r in results])} -> {_fmt([r[t]['acc_end'] for r in results])}"
+                         for label, t in (("GRPO-adapted teacher (student size, same format)", "grpo"),
+                                          ("larger off-format teacher", "offformat")))
+    return ("reproduced" if ok else "not reproduced"), measured
 
 
 # ----------------------------------------------------------------------------- C7
@@ -360,7 +387,10 @@ CLAIMS = [
           "needs a teacher that learned to emit hedge tokens after errors", "-"),
     Claim("C6", "a GRPO-adapted teacher of the student's size beats a stronger off-format teacher",
           "the RLVR-adapted teacher gives better OPD; initial top-K overlap explains it",
-          "needs GRPO-trained and off-format teachers in the miniature", "-"),
+          "OPD (default objective) of the SFT-60 student toward (a) the SFT-100 student improved by 40 GRPO steps and "
+          "(b) a larger model (3 layers, hidden 96) SFT'd to answer 'the answer is N'",
+          "mean over seeds: final sampled accuracy with (a) > with (b), and initial top-K overlap with (a) > with (b)",
+          run_c6, judge_c6, ["C6-grpo", "C6-offformat"]),
     Claim("C7", "an SFT warm start turns failing OPD into improving OPD",
           "SFT-warmed students improve under OPD where cold ones fail",
           "OPD with the default objective (topk_rkl_tail) from an untrained student (the testbed's random init) "

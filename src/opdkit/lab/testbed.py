@@ -57,11 +57,11 @@ def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, .
 
 
 def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 5, lr: float = 3e-4,
-                  steps: int = 80) -> list[str]:
+                  steps: int = 80, teacher: str = "teacher", max_new_tokens: int = 4) -> list[str]:
     """A distill run on the testbed: 32 sampled answers per step, top-K with K = k."""
-    return [f"model.student={root / student}", f"model.teacher={root / 'teacher'}", f"data.train={root / 'task.jsonl'}",
+    return [f"model.student={root / student}", f"model.teacher={root / teacher}", f"data.train={root / 'task.jsonl'}",
             f"run.out={out}", f"optim.steps={steps}", "optim.prompts_per_step=32", "optim.micro_batch=32",
-            f"optim.lr={lr}", "rollout.max_new_tokens=4", f"objective.name={objective}", f"objective.options={{k: {k}}}",
+            f"optim.lr={lr}", f"rollout.max_new_tokens={max_new_tokens}", f"objective.name={objective}", f"objective.options={{k: {k}}}",
             "run.save_every=5", "run.keep_checkpoints=30", "run.progress=false", "run.threads=1"]
 
 
@@ -135,3 +135,43 @@ def opsd_overrides(root: Path, train: str, evaluate: str, out: Path, steps: int,
             "optim.prompts_per_step=16", "optim.micro_batch=16", f"optim.lr={lr}", "rollout.max_new_tokens=4",
             f"run.eval_every={steps}", "run.eval_limit=32", f"run.check={check}", "run.save_every=1000",
             "run.progress=false", "run.threads=1", "guard.enabled=false", "run.sample_every=5"]
+
+
+# ----------------------------------------------------------------------------- teachers for C6
+
+def build_c6_teachers(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Two OPD teachers for the addition testbed at `root` (built with students=(60, 100)).
+
+    - `teacher_grpo`: the student's size and answer format: the SFT-100 student improved by
+      GRPO (numeric reward, G = 4), i.e. the "RLVR-adapted" teacher;
+    - `teacher_offformat`: larger (3 layers, hidden 96) and trained by SFT to answer
+      "the answer is N" instead of "N", i.e. a stronger teacher in another format.
+    """
+    from opdkit.config import load_config
+    from opdkit.export import export_run
+    from opdkit.runner import run
+
+    root = Path(root)
+    marker = root / "c6_teachers.json"
+    paths = {"grpo": root / "teacher_grpo", "offformat": root / "teacher_offformat"}
+    if marker.is_file() and json.loads(marker.read_text()) == {"seed": seed}:
+        return paths
+    common = ["run.progress=false", "guard.enabled=false", f"run.seed={seed}", "rollout.max_new_tokens=6",
+              "run.threads=1"]
+    shutil.rmtree(root / "grpo_run", ignore_errors=True)
+    run(load_config("grpo", overrides=[
+        f"model.student={root / 'student_100'}", f"data.train={root / 'task.jsonl'}", f"run.out={root / 'grpo_run'}",
+        "optim.steps=40", "optim.prompts_per_step=8", "optim.micro_batch=32", "optim.lr=3e-4",
+        "rollout.samples_per_prompt=4", "reward.kind=numeric", "run.save_every=40", *common]))
+    export_run(root / "grpo_run", paths["grpo"])
+    save_tiny(root / "init_large", layers=3, hidden=96, seed=seed + 100, tokenizer=build_tokenizer())
+    rows = [json.loads(line) for line in (root / "task.jsonl").read_text().splitlines()]
+    _jsonl(root / "task_offformat.jsonl", [dict(r, response=f"the answer is {r['answer']}") for r in rows])
+    shutil.rmtree(root / "offformat_run", ignore_errors=True)
+    run(load_config("sft", overrides=[
+        f"model.student={root / 'init_large'}", f"data.train={root / 'task_offformat.jsonl'}",
+        f"run.out={root / 'offformat_run'}", "optim.steps=400", "optim.prompts_per_step=16", "optim.micro_batch=16",
+        "optim.lr=3e-3", "run.save_every=400", *common]))
+    export_run(root / "offformat_run", paths["offformat"])
+    marker.write_text(json.dumps({"seed": seed}))
+    return paths
