@@ -114,3 +114,11 @@ def test_judge_c6():
     assert judge_c6([r])[0] == "reproduced"
     assert judge_c6([dict(r, offformat=dict(r["offformat"], acc_end=0.9))])[0] == "not reproduced"
     assert judge_c6([dict(r, offformat=dict(r["offformat"], overlap_start=0.9))])[0] == "not reproduced"
+
+
+def test_judge_c5():
+    from opdkit.lab.claims import judge_c5
+    r = {"hedge_after_wrong": 0.6, "hedge_after_right": 0.01, "hedge_rate_start": 10.0, "hedge_rate_end": 120.0}
+    assert judge_c5([r])[0] == "reproduced"
+    assert judge_c5([dict(r, hedge_after_right=0.2)])[0] == "not reproduced"
+    assert judge_c5([dict(r, hedge_rate_end=5.0)])[0] == "not reproduced"

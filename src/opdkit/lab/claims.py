@@ -180,6 +180,47 @@ def judge_c4(results: list[dict]) -> tuple[str, str]:
     return ("reproduced" if drops and deeper else "not reproduced"), measured
 
 
+# ----------------------------------------------------------------------------- C5
+
+def hedge_after(s, items: list, first_tokens: list[int]) -> float:
+    """Mean teacher probability of a hedge token right after `first_tokens[i]` as its first answer token."""
+    from opdkit.probes import _hedge_probability, hedge_token_ids
+    import torch
+    prompts = [s.teacher.renderer(it.example) for it in items]
+    with torch.no_grad():
+        return _hedge_probability(s, s.teacher.model(), prompts, [[t] for t in first_tokens],
+                                  torch.tensor(hedge_token_ids(s.tokenizer)))
+
+
+def run_c5(ctx: Context, seed: int) -> dict:
+    from opdkit.config import load_config
+    from opdkit.lab.testbed import build_hedge_teacher
+    from opdkit.session import build_session
+    root = ctx.testbed(seed)
+    build_hedge_teacher(root, seed)
+    s = build_session(load_config("distill", overrides=[
+        f"model.student={root / 'student_60'}", f"model.teacher={root / 'teacher_hedge'}", f"data.train={root / 'task.jsonl'}",
+        "rollout.max_new_tokens=6", f"run.out={ctx.out / 'runs' / f'C5-probe-seed{seed}'}"]))
+    digit = lambda d: s.tokenizer(str(d), add_special_tokens=False)["input_ids"][0]
+    right = [digit(it.example.answer) for it in s.items]
+    wrong = [digit((int(it.example.answer) + 3) % 10) for it in s.items]
+    rows = opd(ctx, seed, "C5-hedge", "student_60", "topk_rkl_tail", steps=ctx.steps(120, 200), teacher="teacher_hedge",
+               max_new_tokens=6)
+    return {"hedge_after_wrong": hedge_after(s, s.items, wrong), "hedge_after_right": hedge_after(s, s.items, right),
+            "hedge_rate_start": statistics.fmean(r["diag/hedge_rate"] for r in rows[:3]),
+            "hedge_rate_end": tail_mean(rows, "diag/hedge_rate")}
+
+
+def judge_c5(results: list[dict]) -> tuple[str, str]:
+    ok = all(r["hedge_after_wrong"] > 0.2 and r["hedge_after_wrong"] > 5 * r["hedge_after_right"]
+             and r["hedge_rate_end"] > r["hedge_rate_start"] and r["hedge_rate_end"] >= 50 for r in results)
+    measured = (f"teacher P(hedge) after a wrong first digit {_fmt([r['hedge_after_wrong'] for r in results])} vs after "
+                f"the right one {_fmt([r['hedge_after_right'] for r in results])}; student hedge rate under OPD "
+                f"{_fmt([r['hedge_rate_start'] for r in results])} -> {_fmt([r['hedge_rate_end'] for r in results])} "
+                f"per 1,000 words")
+    return ("reproduced" if ok else "not reproduced"), measured
+
+
 # ----------------------------------------------------------------------------- C6
 
 def run_c6(ctx: Context, seed: int) -> dict:
@@ -384,7 +425,10 @@ CLAIMS = [
           "mean over seeds: accuracy after every cut < alone, and non-increasing with the cut depth", run_c4, judge_c4),
     Claim("C5", "revision tokens on student prefixes; hedging rises under OPD",
           "the teacher emits 'wait'/'but' on student prefixes; hedge rate rises during OPD",
-          "needs a teacher that learned to emit hedge tokens after errors", "-"),
+          "a teacher SFT'd on 'N' and 'W wait N' (a wrong digit, then a revision) scores prefixes that start with a "
+          "wrong digit; OPD (default objective) of the SFT-60 student toward it",
+          "every seed: teacher P(hedge) after a wrong first digit > 0.2 and > 5x after the right one; the student's hedge "
+          "rate (per 1,000 words, last 10 steps) ends above its start and at >= 50", run_c5, judge_c5, ["C5-hedge"]),
     Claim("C6", "a GRPO-adapted teacher of the student's size beats a stronger off-format teacher",
           "the RLVR-adapted teacher gives better OPD; initial top-K overlap explains it",
           "OPD (default objective) of the SFT-60 student toward (a) the SFT-100 student improved by 40 GRPO steps and "

@@ -175,3 +175,35 @@ def build_c6_teachers(root: Path, seed: int = 0) -> dict[str, Path]:
     export_run(root / "offformat_run", paths["offformat"])
     marker.write_text(json.dumps({"seed": seed}))
     return paths
+
+
+# ----------------------------------------------------------------------------- a hedging teacher (C5)
+
+def build_hedge_teacher(root: Path, seed: int = 0, sft_steps: int = 400) -> Path:
+    """A teacher for the addition testbed that revises itself: besides "N", its SFT data holds
+    "W wait N" for a wrong digit W, so after a wrong first digit it says "wait" and corrects."""
+    import random
+    from opdkit.config import load_config
+    from opdkit.export import export_run
+    from opdkit.runner import run
+
+    root = Path(root)
+    marker, path = root / "hedge_teacher.json", root / "teacher_hedge"
+    if marker.is_file() and json.loads(marker.read_text()) == {"seed": seed, "steps": sft_steps}:
+        return path
+    rng = random.Random(seed)
+    rows = []
+    for line in (root / "task.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        wrong = rng.choice([d for d in range(10) if str(d) != r["answer"]])
+        rows += [dict(r, response=r["answer"]), dict(r, response=r["answer"]), dict(r, response=f"{wrong} wait {r['answer']}")]
+    _jsonl(root / "task_hedge.jsonl", rows)
+    shutil.rmtree(root / "hedge_run", ignore_errors=True)
+    run(load_config("sft", overrides=[
+        f"model.student={root / 'init'}", f"data.train={root / 'task_hedge.jsonl'}", f"run.out={root / 'hedge_run'}",
+        f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
+        "rollout.max_new_tokens=6", f"run.save_every={sft_steps}", "run.progress=false", "guard.enabled=false",
+        f"run.seed={seed}", "run.threads=1"]))
+    export_run(root / "hedge_run", path)
+    marker.write_text(json.dumps({"seed": seed, "steps": sft_steps}))
+    return path
