@@ -147,11 +147,21 @@ def alarm_table(run: RunData) -> str:
     return f"<table><tr><th>step</th><th>event</th><th>rule</th><th>detail</th></tr>{cells}</table>"
 
 
-def build_report(run_dirs: list[str | Path], out: str | Path, title: str | None = None, preamble: str = "") -> Path:
-    """The page for `run_dirs`; `preamble` (HTML) goes between the title and the curves."""
+def curves_section(run_dirs: list[str | Path], heading: str) -> str:
+    """An <h3> and one curves figure for a group of runs (the lab uses one per claim)."""
+    curves = curves_figure([RunData(Path(d)) for d in run_dirs])
+    return f"<h3>{html.escape(heading)}</h3>" + (_img(curves, heading) if curves else "<p>no curves</p>")
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path, title: str | None = None, preamble: str = "",
+                 overlay: bool = True) -> Path:
+    """The page for `run_dirs`; `preamble` (HTML) goes between the title and the curves.
+
+    overlay=False leaves out the all-runs curves figure (callers that group curves themselves).
+    """
     runs = [RunData(Path(d)) for d in run_dirs]
     parts = [f"<h1>{html.escape(title or 'opdkit report: ' + ', '.join(r.name for r in runs))}</h1>", preamble]
-    curves = curves_figure(runs)
+    curves = curves_figure(runs) if overlay else None
     if curves:
         parts.append("<h2>Curves</h2><p>Dotted lines: guard alarms (red) and rollbacks (orange).</p>" + _img(curves, "curves"))
     for run in runs:

@@ -77,8 +77,16 @@ def claims_html(rows: list[dict]) -> str:
 
 
 def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[int]) -> Path:
-    from opdkit.report import build_report
-    run_dirs = [out / "runs" / f"{name}-seed{seeds[0]}" for c in claims if c.run is not None for name in c.figures]
-    run_dirs = [d for d in run_dirs if (d / "metrics.jsonl").is_file()]
+    """Claims table, then one curves figure per claim (its runs, first seed), then per-run sections."""
+    from opdkit.report import build_report, curves_section
+    groups = []
+    for claim in claims:
+        dirs = [out / "runs" / f"{name}-seed{seeds[0]}" for name in claim.figures]
+        dirs = [d for d in dirs if (d / "metrics.jsonl").is_file()]
+        if dirs:
+            groups.append((claim, dirs))
+    figures = "<h2>Curves by claim</h2><p>Seed {}.</p>".format(seeds[0]) + "".join(
+        curves_section(dirs, f"{claim.id}: {claim.title}") for claim, dirs in groups)
+    run_dirs = [d for _, dirs in groups for d in dirs]
     return build_report(run_dirs, out / "report.html", title="opdkit lab: the paper's claims in miniature",
-                        preamble=claims_html(rows))
+                        preamble=claims_html(rows) + (figures if groups else ""), overlay=False)
