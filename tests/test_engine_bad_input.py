@@ -11,7 +11,7 @@ from conftest import engine_overrides
 from opdkit import checkpoint, cli
 from opdkit.config import ConfigError, load_config
 from opdkit.data import DataError, load_jsonl
-from opdkit.lab.tiny import CHATML_TEMPLATE, build_model, build_tokenizer, save_tiny
+from opdkit.lab.tiny import CHATML_TEMPLATE, build_model, build_tokenizer
 from opdkit.metrics import read_metrics
 from opdkit.models import ModelError, load_model, preflight
 from opdkit.session import prepare_items

@@ -121,3 +121,16 @@ def test_frozen_self_teacher_does_not_move(pair):
     teacher.after_step(student)
     for (n, p), q in zip(teacher.copy.named_parameters(), model.parameters()):
         assert torch.equal(p, q), n
+
+
+def test_concat_keeps_every_field_across_micro_batches(pair):
+    from opdkit.rollout import Rollouts
+    tok, model = pair
+    sampler = HFSampler(tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(0)
+    parts = [sampler.sample(model, _prompts(tok)[:2], max_new_tokens=4, record_topk=3),
+             sampler.sample(model, _prompts(tok)[2:], max_new_tokens=4, record_topk=3)]
+    whole = Rollouts.concat(parts)
+    assert len(whole) == 3 and len(whole.topk_ids) == 3 and len(whole.sampler_logprobs) == 3
+    assert whole.topk_ids[2] is parts[1].topk_ids[0]
+    assert Rollouts.concat([parts[0], sampler.sample(model, _prompts(tok)[:1], max_new_tokens=2)]).topk_ids is None

@@ -7,6 +7,7 @@ anything half-written; `prune` keeps the newest `keep` checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -131,6 +132,18 @@ def load(path: Path, modules: dict) -> dict:
 def rng_state() -> dict:
     import random
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed the global torch RNG for a block and restore it after: evaluation and probes sample
+    reproducibly without changing a training run's own random stream."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
 
 
 def set_rng_state(state: dict) -> None:

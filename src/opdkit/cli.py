@@ -69,7 +69,6 @@ def _eval(args: argparse.Namespace) -> int:
     session = build_session(cfg, load_train=False)
     if args.checkpoint is not None:
         from opdkit import checkpoint
-        from opdkit.runner import checkpoint_modules
         path = args.checkpoint if (args.checkpoint / "state.pt").is_file() else checkpoint.latest(args.checkpoint)
         if path is None:
             raise checkpoint.CheckpointError(f"{args.checkpoint} holds no complete checkpoint")

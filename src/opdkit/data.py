@@ -11,7 +11,6 @@ through a chat template the same way.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +137,3 @@ def batches(items: list, size: int) -> list[list]:
     """Consecutive slices of at most `size` items."""
     return [items[i:i + size] for i in range(0, len(items), size)] if items else []
 
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

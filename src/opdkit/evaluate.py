@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from opdkit.checkpoint import seeded
 from opdkit.data import batches
 from opdkit.logprobs import chunked_objective_loss
 from opdkit.objectives import make_objective
@@ -31,13 +32,9 @@ def _generate(s: Session, items: list, greedy: bool, model=None, prompts: list |
     """Responses of `model` (default: the student) to the items' prompts (default: the student's)."""
     model = model or s.student
     prompts = prompts or [it.prompt_ids for it in items]
-    out = Rollouts([], [], [], [])
-    for chunk in batches(prompts, s.cfg.optim.micro_batch):
-        r = s.sampler.sample(model, chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
-                             temperature=1.0, top_p=1.0, greedy=greedy)
-        out.prompt_ids += r.prompt_ids
-        out.response_ids += r.response_ids
-        out.finished += r.finished
+    out = Rollouts.concat([s.sampler.sample(model, chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
+                                            temperature=1.0, top_p=1.0, greedy=greedy)
+                           for chunk in batches(prompts, s.cfg.optim.micro_batch)])
     out.meta = [it.example for it in items]
     return out
 
@@ -58,29 +55,35 @@ def answer_metrics(s: Session, rollouts: Rollouts, items: list) -> dict:
 
 
 @torch.no_grad()
-def teacher_kl(s: Session, teacher: LocalTeacher, rollouts: Rollouts) -> float:
-    """Token-mean full-vocabulary KL(student || teacher) on the given responses."""
-    rkl = make_objective("rkl")
-    total, tokens = 0.0, sum(len(r) for r in rollouts.response_ids)
-    if tokens == 0:
-        return 0.0
-    for rows in [slice(i, i + s.cfg.optim.micro_batch) for i in range(0, len(rollouts), s.cfg.optim.micro_batch)]:
+def score_responses(s: Session, teacher: LocalTeacher, rollouts: Rollouts, objective) -> tuple[dict[str, float], float]:
+    """Token means of the objective's per-token loss (key "loss") and of each metric it reports,
+    on the given responses scored by `teacher`; and the number of tokens."""
+    sums, tokens = {}, 0.0
+    size = s.cfg.optim.micro_batch
+    for rows in [slice(i, i + size) for i in range(0, len(rollouts), size)]:
         responses = rollouts.response_ids[rows]
         packed = pack(rollouts.prompt_ids[rows], responses, s.tokenizer.pad_token_id)
         head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
-        teacher_head = teacher.score(rollouts.meta[rows], responses)
-        total += float(chunked_objective_loss(rkl, head, ObjectiveInputs(packed.response_ids),
-                                              packed.response_mask / tokens, teacher=teacher_head).loss)
-    return total
+        result = chunked_objective_loss(objective, head, ObjectiveInputs(packed.response_ids), packed.response_mask,
+                                        teacher=teacher.score(rollouts.meta[rows], responses))
+        mask = packed.response_mask
+        tokens += float(mask.sum())
+        for key, value in {"loss": result.per_token, **result.metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float((value * mask).sum())
+    return {key: value / max(tokens, 1.0) for key, value in sums.items()}, tokens
+
+
+def teacher_kl(s: Session, teacher: LocalTeacher, rollouts: Rollouts) -> float:
+    """Token-mean full-vocabulary KL(student || teacher) on the given responses (0 without tokens)."""
+    means, _ = score_responses(s, teacher, rollouts, make_objective("rkl"))
+    return means.get("loss", 0.0)
 
 
 def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False) -> dict:
     """Student metrics; with `teacher_side`, the same metrics for the teacher on its own (PI) prompts
     (the ceiling: a rule the PI-conditioned teacher does not follow cannot be internalised)."""
     items = eval_items(s) if items is None else items
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         out = answer_metrics(s, _generate(s, items, greedy=True), items)
         if s.teacher is not None:
             out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False))
@@ -89,8 +92,6 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
                     written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items])
                 out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
         return out
-    finally:
-        torch.set_rng_state(state)
 
 
 def gap_recovery(before: dict, now: dict) -> dict:
@@ -122,12 +123,8 @@ def identity_self_test(s: Session, prompts: int = 2) -> float:
     A non-zero value means the scoring path misaligns positions or renders prompts differently.
     """
     items = s.items[:prompts]
-    state = torch.get_rng_state()
-    torch.manual_seed(0)
-    try:
+    with seeded(0):
         rollouts = _generate(s, items, greedy=False)
-    finally:
-        torch.set_rng_state(state)
     same = SelfTeacher(s.student, PromptRenderer(s.student_prompt.tokenizer, s.student_prompt.system), s.tokenizer.pad_token_id,
                        s.vocab, weights="live")
     return teacher_kl(s, same, rollouts)

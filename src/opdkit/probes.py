@@ -23,14 +23,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from opdkit.checkpoint import seeded
 from opdkit.data import batches
 from opdkit.diagnostics import HEDGE_WORDS, with_diagnostics
-from opdkit.evaluate import _generate, eval_items
-from opdkit.logprobs import chunked_objective_loss
+from opdkit.evaluate import _generate, eval_items, score_responses
 from opdkit.objectives import make_objective
 from opdkit.packing import pack, response_hidden
 from opdkit.rewards import make_reward
-from opdkit.scores import ObjectiveInputs
 from opdkit.session import Session
 from opdkit.teachers import head_of
 
@@ -41,38 +40,11 @@ SHARED_PI_SHARE = 0.25        # consensus gap / student KL below this: a shared 
 SPECIFIC_PI_SHARE = 0.5       # above this: instance-specific PI
 
 
-def _seeded(seed: int):
-    """Context: seed the global RNG, restore it after (probes must not disturb anything)."""
-    class _Ctx:
-        def __enter__(self):
-            self.state = torch.get_rng_state()
-            torch.manual_seed(seed)
-
-        def __exit__(self, *exc):
-            torch.set_rng_state(self.state)
-    return _Ctx()
-
-
-@torch.no_grad()
 def score_rollouts(s: Session, rollouts, k: int = 20) -> dict[str, float]:
     """Token means of KL(p||q), overlap metrics and both NLLs of the sampled tokens."""
     objective = with_diagnostics(make_objective("rkl", diagnostic_k=min(k, s.vocab)))
-    sums, tokens = {}, 0.0
-    size = s.cfg.optim.micro_batch
-    for start in range(0, len(rollouts), size):
-        rows = slice(start, start + size)
-        packed = pack(rollouts.prompt_ids[rows], rollouts.response_ids[rows], s.tokenizer.pad_token_id)
-        head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
-        teacher = s.teacher.score(rollouts.meta[rows], rollouts.response_ids[rows])
-        result = chunked_objective_loss(objective, head, ObjectiveInputs(packed.response_ids), packed.response_mask,
-                                        teacher=teacher)
-        mask = packed.response_mask
-        tokens += float(mask.sum())
-        sums["kl"] = sums.get("kl", 0.0) + float((result.per_token * mask).sum())
-        for key, value in result.metrics.items():
-            sums[key] = sums.get(key, 0.0) + float((value * mask).sum())
-    means = {key: value / max(tokens, 1.0) for key, value in sums.items()}
-    return {"kl": means["kl"], "overlap": means.get("overlap", 0.0), "overlap_mass_p": means.get("overlap_mass_p", 0.0),
+    means, tokens = score_responses(s, s.teacher, rollouts, objective)
+    return {"kl": means["loss"], "overlap": means.get("overlap", 0.0), "overlap_mass_p": means.get("overlap_mass_p", 0.0),
             "overlap_mass_q": means.get("overlap_mass_q", 0.0), "teacher_nll": -means["teacher_logprob"],
             "student_nll": -means["student_logprob"], "tokens": tokens}
 
@@ -80,7 +52,7 @@ def score_rollouts(s: Session, rollouts, k: int = 20) -> dict[str, float]:
 def probe_pair(s: Session, prompts: int = 16, seed: int = 0) -> dict:
     from opdkit.evaluate import identity_self_test
     items = (eval_items(s) if s.cfg.data.eval else s.items)[:prompts]
-    with _seeded(seed):
+    with seeded(seed):
         rollouts = _generate(s, items, greedy=False)
     out = {"identity_kl": identity_self_test(s), "notes": list(s.report.notes), **score_rollouts(s, rollouts)}
     excess = out["teacher_nll"] - out["student_nll"]
@@ -127,7 +99,7 @@ def probe_prefix(s: Session, fractions=(0.25, 0.5, 0.75), prompts: int = 16, see
     teacher_model = s.teacher.model()
     teacher_prompts = [s.teacher.renderer(it.example) for it in items]
     hedges = torch.tensor(hedge_token_ids(s.tokenizer))
-    with _seeded(seed), s.teacher.context():
+    with seeded(seed), s.teacher.context():
         alone = _generate(s, items, True, teacher_model, teacher_prompts)
         student = _generate(s, items, greedy=False)
         out = {"teacher_alone": _accuracy(s, alone.response_ids, items, reward)}
@@ -169,7 +141,7 @@ def probe_pi(s: Session, prompts: int = 16, others: int = 3, seed: int = 0) -> d
     pis = [it.example.pi or s.cfg.data.pi for it in s.items]
     if not any(pis):
         raise ValueError("probe pi needs privileged information (data.pi or a pi field)")
-    with _seeded(seed):
+    with seeded(seed):
         rollouts = _generate(s, items, greedy=False)
         order = torch.randperm(len(s.items)).tolist()
     swap_kl = gap = student_kl = tokens = 0.0
@@ -243,7 +215,7 @@ def consensus_kls(s: Session, items: list, pis: list[str], seed: int = 0) -> dic
     Mechanism 3's prediction for instance-specific PI: after OPSD the student sits closer to
     the consensus than to the teacher that saw the example's own PI.
     """
-    with _seeded(seed):
+    with seeded(seed):
         rollouts = _generate(s, items, greedy=False)
     own = consensus = tokens = 0.0
     for it, response in zip(items, rollouts.response_ids):

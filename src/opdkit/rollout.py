@@ -31,6 +31,22 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.response_ids)
 
+    @classmethod
+    def concat(cls, parts: list["Rollouts"]) -> "Rollouts":
+        """One Rollouts from micro-batches (top-k kept only when every part recorded it)."""
+        keep_topk = bool(parts) and all(p.topk_ids is not None for p in parts)
+        out = cls([], [], [], [], [] if keep_topk else None, [] if keep_topk else None)
+        for p in parts:
+            out.prompt_ids += p.prompt_ids
+            out.response_ids += p.response_ids
+            out.sampler_logprobs += p.sampler_logprobs
+            out.finished += p.finished
+            out.meta += p.meta
+            if keep_topk:
+                out.topk_ids += p.topk_ids
+                out.topk_logprobs += p.topk_logprobs
+        return out
+
 
 class Sampler(Protocol):
     def sample(self, model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,

@@ -45,7 +45,7 @@ def collect(s: Session, items: list) -> Rollouts:
                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               record_topk=cfg.rollout.record_topk)
              for chunk in batches(expanded, cfg.optim.micro_batch)]
-    out = merge(parts)
+    out = Rollouts.concat(parts)
     out.meta = [it.example for it in expanded]
     return out
 
@@ -60,23 +60,13 @@ def sft_targets(s: Session, items: list) -> Rollouts:
     else:
         teacher_prompts = [s.teacher.renderer(it.example) for it in items]
         with s.teacher.context():       # a LoRA self-teacher writes with its adapters off
-            written = merge([s.sampler.sample(s.teacher.model(), chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
+            written = Rollouts.concat([s.sampler.sample(s.teacher.model(), chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
                                               greedy=True)
                              for chunk in batches(teacher_prompts, s.cfg.optim.micro_batch)])
         responses = written.response_ids
     zeros = [torch.zeros(len(r)) for r in responses]
     return Rollouts(prompts, responses, zeros, [bool(r) and r[-1] == s.tokenizer.eos_token_id for r in responses],
                     meta=[it.example for it in items])
-
-
-def merge(parts: list[Rollouts]) -> Rollouts:
-    out = Rollouts([], [], [], [])
-    for p in parts:
-        out.prompt_ids += p.prompt_ids
-        out.response_ids += p.response_ids
-        out.sampler_logprobs += p.sampler_logprobs
-        out.finished += p.finished
-    return out
 
 
 def first_special_mask(responses: list[list[int]], special: set[int], width: int) -> torch.Tensor:
@@ -91,13 +81,19 @@ def first_special_mask(responses: list[list[int]], special: set[int], width: int
     return mask
 
 
-def advantages_for(s: Session, rollouts: Rollouts) -> tuple[torch.Tensor | None, dict]:
+def answer_rewards(s: Session, rollouts: Rollouts, texts: list[str]) -> list[float] | None:
+    """The verifiable reward of each response, or None when some example has no answer."""
+    if not rollouts.meta or any(e.answer is None for e in rollouts.meta):
+        return None
+    reward = make_reward(s.cfg.reward.kind)
+    return [reward(t, e.answer) for t, e in zip(texts, rollouts.meta)]
+
+
+def advantages_for(s: Session, rewards: list[float] | None) -> tuple[torch.Tensor | None, dict]:
     """Per-response GRPO advantages and reward metrics (None for other modes)."""
     if s.cfg.mode != "grpo":
         return None, {}
-    reward = make_reward(s.cfg.reward.kind)
-    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-    rewards = torch.tensor([reward(t, e.answer) for t, e in zip(texts, rollouts.meta)])
+    rewards = torch.tensor(rewards)
     adv = group_advantages(rewards, s.cfg.rollout.samples_per_prompt)
     return adv, {"reward/mean": rewards.mean().item(), "reward/std": rewards.std(unbiased=False).item()}
 
@@ -144,7 +140,9 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
     items = stream.take(cfg.optim.prompts_per_step)
     rollouts = collect(s, items)
     t_rollout = time.perf_counter() - t0
-    advantages, reward_metrics = advantages_for(s, rollouts)
+    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+    rewards = answer_rewards(s, rollouts, texts)
+    advantages, reward_metrics = advantages_for(s, rewards)
     width = max(1, max(len(r) for r in rollouts.response_ids))
     special = set(s.report.masked_special_ids) if cfg.objective.mask_special else set()
     keep = first_special_mask(rollouts.response_ids, special, width) if special else None
@@ -171,7 +169,6 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
         if s.teacher is not None:
             s.teacher.after_step(s.student)
     optimizer.zero_grad(set_to_none=True)
-    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
     if cfg.run.diagnostics:
         responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
                                          tuple(cfg.run.hedge_words))
@@ -181,9 +178,8 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
         from opdkit.rewards import make_check
         check = make_check(cfg.run.check)
         reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
-    if rollouts.meta and all(e.answer is not None for e in rollouts.meta):
-        reward = make_reward(cfg.reward.kind)
-        reward_metrics["rollout/accuracy"] = sum(reward(t, e.answer) for t, e in zip(texts, rollouts.meta)) / len(texts)
+    if rewards is not None:
+        reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
     token_means = {k: v / max(counts, 1.0) for k, v in sums.items()}
     if "p_k" in token_means and token_means.get("q_k", 0) > 0:
         # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0

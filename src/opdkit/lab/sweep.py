@@ -16,14 +16,9 @@ OBJECTIVES = ("topk_rkl_unnorm", "topk_rkl_sg", "topk_rkl_tail", "rkl")
 STUDENTS = ("student_60", "student_100", "teacher")
 
 
-def _tail_mean(rows: list[dict], key: str, n: int = 10) -> float | None:
-    """Mean over the last n steps; None when the objective does not report the metric."""
-    values = [r[key] for r in rows[-n:] if key in r]
-    return sum(values) / len(values) if values else None
-
-
 def run_sweep(out: str | Path, steps: int = 150, objectives=OBJECTIVES, students=STUDENTS) -> list[dict]:
     from opdkit.config import load_config
+    from opdkit.lab.claims import tail_mean
     from opdkit.lab.testbed import build_testbed, opd_overrides
     from opdkit.runner import run
 
@@ -38,9 +33,9 @@ def run_sweep(out: str | Path, steps: int = 150, objectives=OBJECTIVES, students
             rows = run(load_config("distill", overrides=overrides + ["guard.enabled=false"]))
             results.append({"student": student, "objective": objective,
                             "accuracy_start": rows[0]["rollout/accuracy"],
-                            "accuracy_end": _tail_mean(rows, "rollout/accuracy"),
-                            "p_k_end": _tail_mean(rows, "diag/p_k"),
-                            "entropy_end": _tail_mean(rows, "diag/student_entropy")})
+                            "accuracy_end": tail_mean(rows, "rollout/accuracy"),
+                            "p_k_end": tail_mean(rows, "diag/p_k"),
+                            "entropy_end": tail_mean(rows, "diag/student_entropy")})
     (out / "sweep.json").write_text(json.dumps(results, indent=2))
     return results
 
