@@ -48,7 +48,8 @@ def _config(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from opdkit.config import load_config
     from opdkit.runner import run
-    cfg = load_config(args.command, args.config, args.overrides)
+    overrides = list(args.overrides) + (["run.profile=true"] if args.profile else [])
+    cfg = load_config(args.command, args.config, overrides)
     rows = run(cfg, resume=args.resume)
     if rows:
         last = rows[-1]
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _add_run_args(p)
         p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out")
+        p.add_argument("--profile", action="store_true",
+                       help="print where each step's time went (rollout, teacher, forward, backward, optimizer, ...)")
         p.set_defaults(func=_train)
     for name, fn, text in (("eval", _eval, "evaluate the student on data.eval"),
                            ("preflight", _preflight, "check the pair and the scoring path without training")):

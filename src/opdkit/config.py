@@ -119,6 +119,8 @@ class RunConfig:
     threads: int = doc("torch CPU threads (0: leave torch's default)", 0)
     progress: bool = doc("console progress bar", True)
     trackers: list = doc("extra metric sinks when installed: 'tensorboard', 'wandb'", factory=list)
+    profile: bool = doc("print a step-time breakdown at the end (`--profile`); on a GPU, synchronise at phase "
+                        "boundaries so each phase is charged for its own kernels", False)
     diagnostics: bool = doc("per-step diagnostics (opdkit.diagnostics); off only to measure their cost", True)
     sample_every: int = doc("write the step's decoded responses to samples.jsonl every n steps (0: never)", 10)
     hedge_words: list = doc("words counted by diag/hedge_rate (per 1,000 response words)",

@@ -19,6 +19,7 @@ from opdkit.config import Config, config_from_dict, save_config, to_dict
 from opdkit.diagnostics import with_diagnostics
 from opdkit.guard import Alarm, Guard, describe_alarm
 from opdkit.metrics import MetricLog
+from opdkit.profile import PhaseTimer, breakdown, format_breakdown
 from opdkit.objectives import OBJECTIVES, make_objective
 from opdkit.session import Session, build_session, new_stream
 from opdkit.train import TrainingError, lr_factor, make_optimizer, train_step
@@ -42,6 +43,7 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
     # Only the length of the run may change on resume; everything else must match.
     old["optim"]["steps"] = new["optim"]["steps"]
     old["run"]["progress"] = new["run"]["progress"]
+    old["run"]["profile"] = new["run"]["profile"]
     if old != new:
         diff = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) for k in new[sec] if old[sec].get(k) != new[sec][k]]
         raise TrainingError(f"--resume with a different config than {saved}: {diff or ['mode']} changed; "
@@ -127,12 +129,15 @@ class Runner:
                 self.one_step()
         finally:
             self.bar.close()
+        if cfg.run.profile and self.rows:
+            print(format_breakdown(breakdown(self.rows), max(1, len(self.rows) - 1)))
         return self.rows
 
     def one_step(self) -> None:
         from opdkit.evaluate import evaluate_session, gap_recovery
         cfg = self.cfg
-        outcome = train_step(self.s, self.stream, self.optimizer, self.scheduler)
+        timer = PhaseTimer(sync=cfg.run.profile)
+        outcome = train_step(self.s, self.stream, self.optimizer, self.scheduler, timer)
         self.step += 1
         self.bad_streak = 0 if outcome.finite else self.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
@@ -140,11 +145,14 @@ class Runner:
             result = evaluate_session(self.s)
             result.update(gap_recovery(self.before_eval(), result))
             metrics.update({f"eval/{k}": v for k, v in result.items()})
-        self.log.log(self.step, metrics)
-        every = cfg.run.sample_every
-        if every and (self.step == 1 or self.step % every == 0 or self.step == cfg.optim.steps):
-            self.log.samples(self.step, outcome.texts)
-        self.rows.append({"step": self.step, **metrics})
+        with timer("logging"):
+            self.log.log(self.step, metrics)
+            every = cfg.run.sample_every
+            if every and (self.step == 1 or self.step % every == 0 or self.step == cfg.optim.steps):
+                self.log.samples(self.step, outcome.texts)
+        # metrics.jsonl was written before the logging finished: its cost reaches only the in-memory rows
+        self.rows.append({"step": self.step, **metrics, "time/logging_s": timer.seconds["logging"],
+                          "time/step_s": metrics["time/step_s"] + timer.seconds["logging"]})
         self.bar.n = self.step
         self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", len=f"{metrics['rollout/length_mean']:.1f}")
         if not outcome.finite:

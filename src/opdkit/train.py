@@ -21,6 +21,7 @@ from opdkit.diagnostics import entropy_gap, response_diagnostics
 from opdkit.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives import group_advantages
 from opdkit.packing import pack, pad_rows, response_hidden
+from opdkit.profile import PhaseTimer
 from opdkit.rewards import make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs, TeacherScores
@@ -101,8 +102,9 @@ def advantages_for(s: Session, rewards: list[float] | None) -> tuple[torch.Tenso
 # ----------------------------------------------------------------------------- one micro-batch
 
 def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override: torch.Tensor | None,
-                     advantages: torch.Tensor | None, step_tokens: torch.Tensor):
+                     advantages: torch.Tensor | None, step_tokens: torch.Tensor, timer: PhaseTimer | None = None):
     """Backward for one micro-batch; returns the ObjectiveResult and the loss mask used."""
+    timer = timer or PhaseTimer()
     device = next(s.student.parameters()).device
     prompts, responses = rollouts.prompt_ids[rows], rollouts.response_ids[rows]
     packed = pack(prompts, responses, s.tokenizer.pad_token_id, device)
@@ -112,17 +114,21 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
         ids=packed.response_ids,
         behaviour_logprobs=pad_rows(rollouts.sampler_logprobs[rows], width).to(device) if s.cfg.mode != "sft" else None,
         advantages=None if advantages is None else advantages[rows].to(device).unsqueeze(-1).expand(-1, width).contiguous())
-    teacher = s.teacher.score(rollouts.meta[rows], responses) if s.needs_teacher else None
-    head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
-    weights = mask / step_tokens
-    if s.cfg.objective.chunked:
-        result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher)
-    else:
-        if teacher is not None:
-            logq = torch.log_softmax(teacher.logits(teacher.hidden).float(), -1)
-            inputs = ObjectiveInputs(inputs.ids, TeacherScores(logprobs=logq), inputs.behaviour_logprobs, inputs.advantages)
-        result = objective_loss(s.objective, head.logits(head.hidden), inputs, weights)
-    result.loss.backward()
+    with timer("teacher"):
+        teacher = s.teacher.score(rollouts.meta[rows], responses) if s.needs_teacher else None
+    with timer("student_forward"):      # the chunked path also forms the lm-head gradient here
+        head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
+        weights = mask / step_tokens
+        if s.cfg.objective.chunked:
+            result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher)
+        else:
+            if teacher is not None:
+                logq = torch.log_softmax(teacher.logits(teacher.hidden).float(), -1)
+                inputs = ObjectiveInputs(inputs.ids, TeacherScores(logprobs=logq), inputs.behaviour_logprobs,
+                                         inputs.advantages)
+            result = objective_loss(s.objective, head.logits(head.hidden), inputs, weights)
+    with timer("backward"):
+        result.loss.backward()
     return result, mask
 
 
@@ -135,13 +141,14 @@ class StepOutcome:
     texts: list[str]            # the step's decoded responses (word clouds, samples.jsonl)
 
 
-def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
+def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | None = None) -> StepOutcome:
     cfg, t0 = s.cfg, time.perf_counter()
-    items = stream.take(cfg.optim.prompts_per_step)
-    rollouts = collect(s, items)
-    t_rollout = time.perf_counter() - t0
-    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-    rewards = answer_rewards(s, rollouts, texts)
+    timer = timer or PhaseTimer()
+    with timer("rollout"):
+        items = stream.take(cfg.optim.prompts_per_step)
+        rollouts = collect(s, items)
+        texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+        rewards = answer_rewards(s, rollouts, texts)
     advantages, reward_metrics = advantages_for(s, rewards)
     width = max(1, max(len(r) for r in rollouts.response_ids))
     special = set(s.report.masked_special_ids) if cfg.objective.mask_special else set()
@@ -150,48 +157,61 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
     masked = 0 if keep is None else int((keep == 0).sum())
     step_tokens = torch.tensor(max(1.0, float(lengths.sum()) - masked))
     s.student.train()
-    loss_total, sums, counts = 0.0, {}, 0.0
+    losses, sums, counts = [], {}, []
     for rows in _row_slices(len(rollouts), cfg.optim.micro_batch):
         sub_keep = None if keep is None else keep[rows]
         result, mask = micro_batch_loss(s, rollouts, rows, None if sub_keep is None else sub_keep[:, :_width(rollouts, rows)],
-                                        advantages, step_tokens)
-        loss_total += float(result.loss.detach())
-        counts += float(mask.sum())
-        gap = entropy_gap(result.metrics)
-        for k, v in {**result.metrics, **({"entropy_gap": gap} if gap is not None else {})}.items():
-            sums[k] = sums.get(k, 0.0) + float((v * mask).sum())
+                                        advantages, step_tokens, timer)
+        with timer("diagnostics"):      # kept as tensors: one host sync per step, not one per metric
+            losses.append(result.loss.detach())
+            counts.append(mask.sum())
+            gap = entropy_gap(result.metrics)
+            for k, v in {**result.metrics, **({"entropy_gap": gap} if gap is not None else {})}.items():
+                sums.setdefault(k, []).append((v * mask).sum())
     s.student.eval()
-    grad_norm = _grad_norm(s.student, cfg.optim.max_grad_norm)
-    finite = math.isfinite(loss_total) and math.isfinite(grad_norm)
-    if finite:
-        optimizer.step()
-        scheduler.step()
-        if s.teacher is not None:
-            s.teacher.after_step(s.student)
-    optimizer.zero_grad(set_to_none=True)
+    with timer("optimizer"):
+        loss_total = float(torch.stack(losses).sum())
+        grad_norm = _grad_norm(s.student, cfg.optim.max_grad_norm)
+        finite = math.isfinite(loss_total) and math.isfinite(grad_norm)
+        if finite:
+            optimizer.step()
+            scheduler.step()
+            if s.teacher is not None:
+                s.teacher.after_step(s.student)
+        optimizer.zero_grad(set_to_none=True)
+    with timer("diagnostics"):
+        responses, token_means = _step_diagnostics(s, rollouts, texts, lengths, sums, counts)
+        if cfg.run.check:
+            from opdkit.rewards import make_check
+            check = make_check(cfg.run.check)
+            reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
+        if rewards is not None:
+            reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
+    metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
+               "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
+               "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
+               "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
+               **timer.metrics(), "time/step_s": time.perf_counter() - t0,
+               **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
+               **{f"diag/{k}": v for k, v in token_means.items()}}
+    return StepOutcome(metrics, finite, texts)
+
+
+def _step_diagnostics(s: Session, rollouts: Rollouts, texts: list[str], lengths: torch.Tensor, sums: dict,
+                      counts: list) -> tuple[dict, dict]:
+    """Response-level diagnostics and the token diagnostics' means over the step's loss tokens."""
+    cfg = s.cfg
     if cfg.run.diagnostics:
         responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
                                          tuple(cfg.run.hedge_words))
     else:
         responses = {"length_mean": float(lengths.mean()), "eos_rate": sum(rollouts.finished) / len(rollouts)}
-    if cfg.run.check:
-        from opdkit.rewards import make_check
-        check = make_check(cfg.run.check)
-        reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
-    if rewards is not None:
-        reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
-    token_means = {k: v / max(counts, 1.0) for k, v in sums.items()}
+    count = max(float(torch.stack(counts).sum()), 1.0)
+    token_means = {k: float(torch.stack(v).sum()) / count for k, v in sums.items()}
     if "p_k" in token_means and token_means.get("q_k", 0) > 0:
         # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0
         token_means["pk_qk_ratio"] = token_means["p_k"] / token_means["q_k"]
-    metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
-               "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
-               "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
-               "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
-               "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
-               **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
-               **{f"diag/{k}": v for k, v in token_means.items()}}
-    return StepOutcome(metrics, finite, texts)
+    return responses, token_means
 
 
 def _row_slices(n: int, size: int) -> list[slice]:
