@@ -1,4 +1,5 @@
-"""The step-time breakdown: its arithmetic, and that a real run accounts for its step time."""
+"""Performance knobs: the step-time breakdown (its arithmetic, and that a real run accounts for
+its step time), the bf16 rollout copy, the bf16 teacher, chunk size and the mmap threshold."""
 from __future__ import annotations
 
 import pytest
@@ -42,3 +43,55 @@ def test_profiled_distill_run_times_every_phase_within_the_step(tiny_dir, tmp_pa
         timed = sum(row.get(f"time/{p}_s", 0.0) for p in PHASES)
         assert {f"time/{p}_s" for p in PHASES[:-1]} <= set(row)
         assert 0 < timed <= row["time/step_s"] * 1.001
+
+
+def test_bf16_rollout_copy_follows_the_student_and_keeps_buffers_fp32(tiny_dir, tmp_path):
+    import torch
+    from opdkit.config import load_config
+    from opdkit.runner import run
+    from opdkit.session import build_session
+    cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / "run", **{
+        "model.teacher": tiny_dir / "teacher", "rollout.sampler_dtype": "bfloat16"}))
+    s = build_session(cfg)
+    copy = s.rollout_copy.model
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    assert all(b.dtype == torch.float32 for b in copy.buffers() if b.is_floating_point())
+    with torch.no_grad():
+        next(s.student.parameters()).add_(1.0)           # the student moves, as after an optimizer step
+    model = s.rollout_model()
+    for mine, theirs in zip(model.parameters(), s.student.parameters()):
+        assert torch.equal(mine, theirs.to(torch.bfloat16))
+    rows = run(cfg, session=s)
+    assert all(r["train/skipped"] == 0 for r in rows)
+
+
+def test_sampler_dtype_is_validated(tiny_dir, tmp_path):
+    from opdkit.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="rollout.sampler_dtype"):
+        load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path, **{
+            "model.teacher": tiny_dir / "teacher", "rollout.sampler_dtype": "int4"}))
+
+
+def test_small_chunks_and_mmap_threshold_change_memory_settings_not_results(tiny_dir, tmp_path):
+    from opdkit.metrics import read_metrics
+    runs = {}
+    for name, extra in {"default": {}, "small": {"objective.chunk_rows": 3, "run.mmap_threshold_kib": 1024}}.items():
+        out = tmp_path / name
+        assert cli.main(["distill", *engine_overrides(tiny_dir, out, **{"model.teacher": tiny_dir / "teacher", **extra})]) == 0
+        runs[name] = [v for r in read_metrics(out / "metrics.jsonl") for v in (r["train/loss"], r["train/grad_norm"])]
+    assert runs["small"] == pytest.approx(runs["default"], rel=1e-5)
+
+
+def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
+    import torch
+    from opdkit.config import load_config
+    from opdkit.session import build_session
+    losses = {}
+    for dtype in ("", "bfloat16"):
+        cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / (dtype or "fp32"), **{
+            "model.teacher": tiny_dir / "teacher", "model.teacher_dtype": dtype, "optim.steps": 1}))
+        s = build_session(cfg)
+        assert next(s.teacher.model().parameters()).dtype == (torch.bfloat16 if dtype else torch.float32)
+        from opdkit.runner import run
+        losses[dtype] = run(cfg, session=s)[0]["train/loss"]
+    assert losses["bfloat16"] == pytest.approx(losses[""], rel=0.05)

@@ -41,6 +41,8 @@ class ModelConfig:
     teacher: str = doc("teacher for `distill` (same forms as student); empty for self-distill", "")
     drop_layers_every: int = doc("build the student by keeping every n-th decoder layer of `student` (0: keep all)", 0)
     dtype: str = doc("float32 | bfloat16 | float16 for both models", "float32")
+    teacher_dtype: str = doc("the teacher's dtype when it differs from `dtype` ('' = same), e.g. bfloat16 to halve "
+                             "its memory; the objective still works in fp32 on its log-probs", "")
     lora_r: int = doc("LoRA rank through peft (0: train all weights)", 0)
     lora_alpha: int = doc("LoRA alpha", 16)
     lora_targets: list = doc("module names LoRA adapts", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -69,6 +71,8 @@ class RolloutConfig:
     temperature: float = doc("sampling temperature", 1.0)
     top_p: float = doc("nucleus sampling; the sampler's own log-probs are kept for the importance ratio", 1.0)
     samples_per_prompt: int = doc("responses per prompt (GRPO's group size G)", 1)
+    sampler_dtype: str = doc("'' samples from the student itself; 'bfloat16' from a bf16 copy synced every step "
+                             "(half the bytes per decode step; the copy's log-probs are the behaviour policy)", "")
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
 
 
@@ -77,6 +81,7 @@ class ObjectiveConfig:
     name: str = doc("objective from `opdkit objectives` ('' = the mode's default)", "")
     options: dict = doc("objective options, e.g. {k: 20, support: student}", factory=dict)
     chunked: bool = doc("compute the loss in row chunks from hidden states (no (N,T,V) logits)", True)
+    chunk_rows: int = doc("rows per chunk of the chunked objective (0: rows giving a ~64 MiB fp32 (rows, V) buffer)", 0)
     mask_special: bool = doc("mask the first occurrence of special tokens that differ between teacher and student", True)
 
 
@@ -116,6 +121,8 @@ class RunConfig:
     eval_every: int = doc("evaluate on data.eval every n steps (0: off)", 0)
     eval_limit: int = doc("prompts used by in-run evaluation", 32)
     check: str = doc("rule check for eval: 'contains:TEXT', 'regex:PATTERN', 'spanish' ('' = none)", "")
+    mmap_threshold_kib: int = doc("glibc: mmap allocations of at least this many KiB so freed chunk buffers go back "
+                                  "to the OS (lower peak RSS with small objective.chunk_rows; 0: glibc's default)", 0)
     threads: int = doc("torch CPU threads (0: leave torch's default)", 0)
     progress: bool = doc("console progress bar", True)
     trackers: list = doc("extra metric sinks when installed: 'tensorboard', 'wandb'", factory=list)
@@ -288,10 +295,20 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
+        section, leaf = key.split(".")
+        if getattr(getattr(cfg, section), leaf) < 0:
+            raise ConfigError(f"{key} must be 0 (automatic) or positive")
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         raise ConfigError(f"rollout.top_p must lie in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be positive (greedy decoding is for eval only)")
+    for key, allowed in (("model.dtype", ("float32", "bfloat16", "float16")),
+                         ("model.teacher_dtype", ("", "float32", "bfloat16", "float16")),
+                         ("rollout.sampler_dtype", ("", "bfloat16", "float16"))):
+        section, leaf = key.split(".")
+        if getattr(getattr(cfg, section), leaf) not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got {getattr(getattr(cfg, section), leaf)!r}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -5,9 +5,13 @@
 records log mu(y_t) under the distribution it actually sampled from (after temperature and
 top-p), which the objectives use as the behaviour policy for the importance ratio. With
 `record_topk` it also keeps the sampler's top-k ids and log-probabilities.
+`LowPrecisionCopy` is a bf16 copy of the student for rollouts (`rollout.sampler_dtype`):
+decoding a few sequences reads every weight per token, so half the bytes is up to twice
+the tokens per second; the trainer keeps its fp32 weights and syncs the copy every step.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,3 +109,24 @@ def response_length(tokens: Tensor, eos_id: int, pad_id: int) -> int:
     """
     hits = (tokens == eos_id).nonzero()
     return int(hits[0]) + 1 if len(hits) else tokens.shape[0]
+
+
+class LowPrecisionCopy:
+    """A copy of the student with parameters in `dtype`, re-synced from the student before each rollout.
+
+    Buffers keep their precision: rotary frequencies rounded to bf16 would shift every
+    position. The sampler records the copy's log-probabilities, so the importance ratio and
+    `diag/sampler_gap` see the precision mismatch like any other behaviour-policy gap.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+            p.data = p.data.to(dtype)
+
+    @torch.no_grad()
+    def synced(self, source: torch.nn.Module) -> torch.nn.Module:
+        for mine, theirs in zip(self.model.parameters(), source.parameters(), strict=True):
+            mine.copy_(theirs)
+        return self.model

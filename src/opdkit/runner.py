@@ -119,13 +119,15 @@ class Runner:
             self.log.log(0, {f"eval/{k}": v for k, v in evaluate_session(self.s, teacher_side=True).items()})
 
     # ---------------------------------------------------------------- the loop
-    def loop(self) -> list[dict]:
+    def loop(self, until: int | None = None) -> list[dict]:
+        """Steps until optim.steps (or `until`, sooner: benchmarks stop before the final checkpoint)."""
         from tqdm import tqdm
         cfg = self.cfg
-        self.bar = tqdm(total=cfg.optim.steps, initial=self.step, desc=cfg.mode, disable=not cfg.run.progress,
+        last = cfg.optim.steps if until is None else min(until, cfg.optim.steps)
+        self.bar = tqdm(total=last, initial=self.step, desc=cfg.mode, disable=not cfg.run.progress,
                         dynamic_ncols=True)
         try:
-            while self.step < cfg.optim.steps:
+            while self.step < last:
                 self.one_step()
         finally:
             self.bar.close()

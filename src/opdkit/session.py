@@ -14,9 +14,10 @@ import torch
 from opdkit.config import Config
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.diagnostics import with_diagnostics
-from opdkit.models import PairReport, load_model, load_tokenizer, preflight
+from opdkit.memory import set_mmap_threshold
+from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import OBJECTIVES, make_objective
-from opdkit.rollout import HFSampler
+from opdkit.rollout import HFSampler, LowPrecisionCopy
 from opdkit.teachers import LocalTeacher, ModelTeacher, PromptRenderer, SelfTeacher
 
 
@@ -43,6 +44,11 @@ class Session:
     report: PairReport
     teacher_tokenizer: object = None
     objective_name: str = ""          # may differ from the config after a guard switch
+    rollout_copy: LowPrecisionCopy | None = None     # rollout.sampler_dtype
+
+    def rollout_model(self) -> torch.nn.Module:
+        """The model that samples training rollouts: the student, or its synced low-precision copy."""
+        return self.student if self.rollout_copy is None else self.rollout_copy.synced(self.student)
 
     @property
     def needs_teacher(self) -> bool:
@@ -99,7 +105,7 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
     if not cfg.model.teacher:
         return None, None, PairReport(vocab=report_vocab)
     teacher_tok = load_tokenizer(cfg.model.teacher)
-    teacher_model = load_model(cfg.model.teacher, cfg.model.dtype)
+    teacher_model = load_model(cfg.model.teacher, cfg.model.teacher_dtype or cfg.model.dtype)
     report = preflight(tokenizer, teacher_tok, student, teacher_model, cfg.model.teacher_template)
     report.raise_if_bad()
     template_tok = tokenizer if cfg.model.teacher_template == "student" else teacher_tok
@@ -111,6 +117,7 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
 def build_session(cfg: Config, load_train: bool = True) -> Session:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    set_mmap_threshold(cfg.run.mmap_threshold_kib)
     torch.manual_seed(cfg.run.seed)
     tokenizer = load_tokenizer(cfg.model.student)
     student = load_model(cfg.model.student, cfg.model.dtype, cfg.model.drop_layers_every)
@@ -130,8 +137,9 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     if cfg.mode == "self-distill" and not d.pi and items and not any(it.example.pi for it in items):
         raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
+    rollout_copy = LowPrecisionCopy(student, DTYPES[cfg.rollout.sampler_dtype]) if cfg.rollout.sampler_dtype else None
     return Session(cfg, tokenizer, student, teacher, student_prompt, HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id),
-                   objective, report.vocab, items, skipped, report, teacher_tok, objective_name)
+                   objective, report.vocab, items, skipped, report, teacher_tok, objective_name, rollout_copy)
 
 
 def new_stream(session: Session) -> PromptStream:

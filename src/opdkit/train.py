@@ -42,7 +42,8 @@ def collect(s: Session, items: list) -> Rollouts:
     expanded = [it for it in items for _ in range(group)]
     if cfg.mode == "sft":
         return sft_targets(s, expanded)
-    parts = [s.sampler.sample(s.student, [it.prompt_ids for it in chunk], max_new_tokens=cfg.rollout.max_new_tokens,
+    model = s.rollout_model()
+    parts = [s.sampler.sample(model, [it.prompt_ids for it in chunk], max_new_tokens=cfg.rollout.max_new_tokens,
                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               record_topk=cfg.rollout.record_topk)
              for chunk in batches(expanded, cfg.optim.micro_batch)]
@@ -120,7 +121,8 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
         head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
         weights = mask / step_tokens
         if s.cfg.objective.chunked:
-            result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher)
+            result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher,
+                                            chunk_size=s.cfg.objective.chunk_rows or None)
         else:
             if teacher is not None:
                 logq = torch.log_softmax(teacher.logits(teacher.hidden).float(), -1)

@@ -1,0 +1,103 @@
+"""One opdkit arm of benchmarks/opd_step_vs_trl.py: N distill steps, timed per phase.
+
+    python benchmarks/opd_arm.py --model-dir DIR --objective rkl --steps 8 --out FILE.json
+
+Mirrors the TRL anchor (../shared/anchors/bench_distill.py) setting for setting: teacher =
+the model in DIR, student = its layers 0, 3, 6, ... (every third), the anchor's 64 arithmetic
+prompts in chat form, 4 prompts per step, one response each, 64 new tokens at T = 1 with
+no top-k / top-p, AdamW at lr 1e-6. The step is opdkit's own `Runner.one_step` (guard and
+diagnostics on, as a user runs it); steps are driven one by one so no checkpoint is written
+(TRL's arm saves none either). Writes a JSON summary in the anchor's field names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors"
+
+
+def rss_now_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def anchor_prompts(anchors: Path, n: int = 64) -> list[str]:
+    """The anchor's prompts (user turns), so both arms see the same questions in the same order."""
+    sys.path.insert(0, str(anchors))
+    from common import arithmetic_prompts     # noqa: E402  (the anchor's own module)
+    return [chat[0]["content"] for chat in arithmetic_prompts(n)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--objective", default="rkl", help="opdkit objective name (rkl = TRL beta 1, jsd with --beta)")
+    p.add_argument("--beta", type=float, default=None, help="jsd beta (TRL convention)")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--drop-every", type=int, default=3)
+    p.add_argument("--anchors", type=Path, default=ANCHORS)
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+
+    import torch  # noqa: F401  (counted in the post-import baseline, as in the anchor)
+    from opdkit.config import load_config
+    from opdkit.runner import Runner
+    from opdkit.session import build_session
+    rss0 = rss_peak_mib()
+    work = args.out.with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in anchor_prompts(args.anchors)))
+    options = [f"objective.options={{beta: {args.beta}}}"] if args.beta is not None else []
+    cfg = load_config("distill", overrides=[
+        f"model.student={args.model_dir}", f"model.teacher={args.model_dir}", f"model.drop_layers_every={args.drop_every}",
+        f"data.train={prompts}", "optim.prompts_per_step=4", "optim.micro_batch=4", "rollout.max_new_tokens=64",
+        "rollout.temperature=1.0", "rollout.top_p=1.0", "optim.lr=1e-6", f"optim.steps={args.steps + 1000}",
+        f"objective.name={args.objective}", *options, "run.progress=false", "run.sample_every=0", f"run.out={work / 'run'}",
+        *args.set])
+    s = build_session(cfg)
+    rss_models = rss_now_mib()
+    (work / "run").mkdir(exist_ok=True)
+    runner = Runner(s, work / "run")
+    runner.start()
+    t0 = time.perf_counter()
+    runner.loop(until=args.steps)
+    train_s = time.perf_counter() - t0
+    write_summary(args, runner.rows, rss0, rss_models, train_s)
+
+
+def write_summary(args, rows: list[dict], rss0: float, rss_models: float, train_s: float) -> None:
+    measured = rows[1:]                          # step 1 excluded, as in the anchor
+    wall = [r["time/step_s"] for r in measured]
+    tokens = [r["rollout/tokens"] for r in measured]
+    summary = {
+        "tag": f"opdkit_{args.objective}" + (f"_beta{args.beta}" if args.beta is not None else ""),
+        "objective": args.objective, "beta": args.beta, "steps": len(rows), "steps_measured": len(measured),
+        "median_step_wall_s": statistics.median(wall), "mean_step_wall_s": statistics.mean(wall),
+        "step_wall_s_all": [round(r["time/step_s"], 3) for r in rows],
+        "completion_tokens_per_step": tokens, "mean_completion_tokens_per_step": statistics.mean(tokens),
+        "tokens_per_s_step": sum(tokens) / sum(wall),
+        "tokens_per_s_generate_only": sum(tokens) / sum(r["time/rollout_s"] for r in measured),
+        "phases_median_s": {k[len("time/"):-2]: statistics.median(r[k] for r in measured)
+                            for k in measured[0] if k.startswith("time/") and k != "time/step_s"},
+        "loss_all": [r["train/loss"] for r in rows], "final_loss": rows[-1]["train/loss"],
+        "rss_baseline_mib_before_models": rss0, "rss_after_models_mib": rss_models, "peak_rss_mib": rss_peak_mib(),
+        "train_runtime_s": train_s,
+    }
+    args.out.write_text(json.dumps({"summary": summary, "per_step": rows}, indent=1, default=str))
+    print(json.dumps(summary, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
