@@ -68,17 +68,68 @@ def main() -> None:
         *args.set])
     s = build_session(cfg)
     rss_models = rss_now_mib()
+    print(f"after loading: RSS {rss_models:.0f} MiB, peak so far {rss_peak_mib():.0f} MiB", flush=True)
     (work / "run").mkdir(exist_ok=True)
     runner = Runner(s, work / "run")
     runner.start()
+    shapes = record_packed_shapes()
     t0 = time.perf_counter()
     runner.loop(until=args.steps)
     train_s = time.perf_counter() - t0
-    write_summary(args, runner.rows, rss0, rss_models, train_s)
+    flops = [train_flops(s, step) for step in shapes]
+    write_summary(args, runner.rows, rss0, rss_models, train_s, flops)
 
 
-def write_summary(args, rows: list[dict], rss0: float, rss_models: float, train_s: float) -> None:
+def record_packed_shapes() -> list[list[tuple[int, int, int]]]:
+    """Per step: [(rows, padded width, response tokens)] of what the student trains on.
+
+    Each step here is one micro-batch (4 prompts, micro_batch 4), so each pack call is a step.
+    """
+    import opdkit.train as train
+    shapes: list[list[tuple[int, int, int]]] = []
+    original = train.pack
+
+    def pack(prompts, responses, *rest, **kw):
+        shapes.append([])
+        shapes[-1].append((len(prompts), max(len(p) + len(r) for p, r in zip(prompts, responses)),
+                           sum(len(r) for r in responses)))
+        return original(prompts, responses, *rest, **kw)
+    train.pack = pack
+    return shapes
+
+
+def matmul_params(model) -> tuple[int, int, int]:
+    """(parameters in decoder-layer matmuls, layers, hidden size) of an HF decoder."""
+    cfg = model.config
+    layers = model.get_decoder().layers
+    per_layer = sum(p.numel() for n, p in layers[0].named_parameters() if p.dim() == 2)
+    return per_layer * len(layers), len(layers), cfg.hidden_size
+
+
+def train_flops(s, micro_batches: list[tuple[int, int, int]]) -> float:
+    """FLOPs of teacher scoring + student forward/backward + the chunked objective's matmuls.
+
+    Backbone: 2 FLOPs per matmul parameter per token forward, 4 backward; attention scores
+    and values: 4 * T^2 * H per layer per sequence forward (SDPA computes the full square).
+    Heads, on the N response tokens only: student logits, dL/dh and dL/dW (3 x 2NHV) and
+    teacher logits (2NHV). Norms, softmax and the optimizer are not counted.
+    """
+    vocab = s.student.get_output_embeddings().weight.shape[0]
+    ps, ls, hs = matmul_params(s.student)
+    pt, lt, ht = matmul_params(s.teacher.model())
+    total = 0.0
+    for rows, width, n in micro_batches:
+        tokens = rows * width
+        attention = lambda layers, h: 4 * rows * width * width * h * layers
+        total += 6 * ps * tokens + 3 * attention(ls, hs)          # student forward + backward
+        total += 2 * pt * tokens + attention(lt, ht)              # teacher forward
+        total += 6 * n * hs * vocab + 2 * n * ht * vocab          # heads
+    return total
+
+
+def write_summary(args, rows: list[dict], rss0: float, rss_models: float, train_s: float, flops: list[float]) -> None:
     measured = rows[1:]                          # step 1 excluded, as in the anchor
+    train_phase = [r["time/teacher_s"] + r["time/student_forward_s"] + r["time/backward_s"] for r in measured]
     wall = [r["time/step_s"] for r in measured]
     tokens = [r["rollout/tokens"] for r in measured]
     summary = {
@@ -92,6 +143,8 @@ def write_summary(args, rows: list[dict], rss0: float, rss_models: float, train_
         "phases_median_s": {k[len("time/"):-2]: statistics.median(r[k] for r in measured)
                             for k in measured[0] if k.startswith("time/") and k != "time/step_s"},
         "loss_all": [r["train/loss"] for r in rows], "final_loss": rows[-1]["train/loss"],
+        "train_phase_flops_per_step": flops[1:], "train_phase_s": train_phase,
+        "train_phase_gflops_per_s": sum(flops[1:]) / sum(train_phase) / 1e9,
         "rss_baseline_mib_before_models": rss0, "rss_after_models_mib": rss_models, "peak_rss_mib": rss_peak_mib(),
         "train_runtime_s": train_s,
     }
