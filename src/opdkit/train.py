@@ -238,8 +238,24 @@ def _grad_norm(model, max_norm: float) -> float:
 def make_optimizer(s: Session):
     o = s.cfg.optim
     params = [p for p in s.student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    optimizer = adamw(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, o.warmup_steps, o.steps, o.schedule))
+
+
+def adamw(params: list, **options) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one for these tensors, else the default.
+
+    Measured on a 61M-parameter CPU model (BENCHMARKS.md): the default (foreach) step takes
+    ~6x the time of the fused one and allocates parameter-sized temporaries that raise peak
+    RSS by ~210 MiB. The update is the same algorithm; results agree to float rounding.
+    """
+    devices = {p.device.type for p in params}
+    if len(devices) == 1 and devices <= {"cpu", "cuda"}:
+        try:
+            return torch.optim.AdamW(params, fused=True, **options)
+        except (RuntimeError, ValueError):       # a dtype or device the fused kernel does not take
+            pass
+    return torch.optim.AdamW(params, **options)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
