@@ -119,13 +119,15 @@ SELF_WEIGHTS = ("frozen", "live", "ema")
 
 def run_c12(ctx: Context, seed: int) -> dict:
     """C8's shared-rule OPSD once per self-teacher: frozen initial weights, live weights, EMA (decay 0.99)."""
+    from opdkit.evaluate import evaluate_session
     from opdkit.lab.testbed import RULE
     out = {}
     for weights in SELF_WEIGHTS:
-        _, before, after = _opsd(ctx, seed, f"C12-{weights}", "sums.jsonl", "sums.jsonl", ctx.steps(60, 100), "contains:!",
+        s, before, after = _opsd(ctx, seed, f"C12-{weights}", "sums.jsonl", "sums.jsonl", ctx.steps(60, 100), "contains:!",
                                  RULE, extra=(f"teacher.self_weights={weights}",))
+        teacher_end = evaluate_session(s, teacher_side=True)    # the runner scores the teacher side at step 0 only
         out[weights] = {"rule_teacher": before["teacher_rule_rate"], "rule_after": after["rule_rate"],
-                        "teacher_rule_after": after["teacher_rule_rate"], "acc_before": before["accuracy"],
+                        "teacher_rule_after": teacher_end["teacher_rule_rate"], "acc_before": before["accuracy"],
                         "acc_after": after["accuracy"]}
     return out
 
