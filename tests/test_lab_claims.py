@@ -6,7 +6,10 @@ import json
 import pytest
 
 from opdkit import cli
-from opdkit.lab.claims import CLAIMS, collapse_step, judge_c1, judge_c2, judge_c4, smoothed
+from opdkit.lab.claim import collapse_step, smoothed
+from opdkit.lab.claims import CLAIMS
+from opdkit.lab.claims_teacher import judge_c4
+from opdkit.lab.claims_topk import judge_c1, judge_c2
 from opdkit.lab.reproduce import select
 
 
@@ -42,36 +45,55 @@ def test_judge_c2_and_c4():
     r = {"teacher_alone": 1.0, "teacher_after_0.25": 0.6, "teacher_after_0.5": 0.4, "teacher_after_0.75": 0.4}
     assert judge_c4([r])[0] == "reproduced"
     assert judge_c4([dict(r, **{"teacher_after_0.75": 0.5})])[0] == "not reproduced"
+    assert judge_c4([dict(r, teacher_alone=0.4, **{"teacher_after_0.25": 0.3})])[0] == "inconclusive"
 
 
 def test_select_claims():
     assert [c.id for c in select("c1, C4")] == ["C1", "C4"]
-    assert len(select(None)) == 11 == len(CLAIMS)
+    assert len(select(None)) == 12 == len(CLAIMS)
     with pytest.raises(ValueError, match="unknown claims"):
-        select("C12")
+        select("C13")
 
 
-def test_reproduce_one_claim_writes_table_json_and_report(tmp_path, capsys):
+def test_reproduce_writes_table_json_and_report_with_probe_bars(tmp_path, capsys, monkeypatch):
+    """The machinery on a claim whose experiment returns fixed numbers: the real C4 judge, table, JSON, bars."""
+    from opdkit.lab import reproduce as lab
+    from opdkit.lab.claim import Claim
+    c4 = next(c for c in CLAIMS if c.id == "C4")
+    numbers = {"teacher_alone": 0.8, "teacher_after_0.25": 0.6, "teacher_after_0.5": 0.3, "teacher_after_0.75": 0.1}
+    fake = Claim("C4", c4.title, c4.paper, c4.hypothesis, c4.threshold, lambda ctx, seed: numbers, c4.judge)
+    monkeypatch.setattr(lab, "select", lambda only: [fake])
     assert cli.main(["lab", "reproduce", "--quick", "--only", "C4", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "C4" in out and "measured" in out
+    assert "C4" in out and "measured" in out and "0.8" in out
     data = json.loads((tmp_path / "claims.json").read_text())
     assert [c["claim"] for c in data["claims"]] == ["C4"]
-    assert data["claims"][0]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
-    assert "Claims" in (tmp_path / "report.html").read_text()
+    assert data["claims"][0]["verdict"] == "reproduced"
+    page = (tmp_path / "report.html").read_text()
+    assert "Claims" in page and "C4: teacher accuracy continuing student prefixes" in page
+    assert page.count("data:image/png;base64,") == 1
+
+
+@pytest.mark.slow
+def test_reproduce_c4_for_real(tmp_path):
+    from opdkit.lab.reproduce import reproduce
+    rows = reproduce(tmp_path, quick=True, only="C4")
+    assert rows[0]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    raw = json.loads((tmp_path / "claims.json").read_text())["raw"]["C4"][0]
+    assert 0 <= raw["teacher_alone"] <= 1 and "teacher_after_0.75" in raw
 
 
 @pytest.mark.slow
 def test_reproduce_quick_covers_every_claim(tmp_path):
     from opdkit.lab.reproduce import reproduce
     rows = reproduce(tmp_path, quick=True)
-    assert [r["claim"] for r in rows] == [f"C{i}" for i in range(1, 12)]
+    assert [r["claim"] for r in rows] == [f"C{i}" for i in range(1, 13)]
     assert all(r["verdict"] in ("reproduced", "not reproduced", "inconclusive", "not run") for r in rows)
     assert (tmp_path / "report.html").is_file()
 
 
 def test_judges_c8_c9_c11_and_tokens_to_reach():
-    from opdkit.lab.claims import judge_c8, judge_c9, judge_c11, tokens_to_reach
+    from opdkit.lab.claims_opsd import judge_c8, judge_c9, judge_c11, tokens_to_reach
     c8 = {"rule_before": 0.0, "rule_teacher": 1.0, "rule_after": 0.9, "acc_before": 1.0, "acc_after": 0.95}
     assert judge_c8([c8])[0] == "reproduced"
     assert judge_c8([dict(c8, rule_after=0.7)])[0] == "not reproduced"
@@ -92,7 +114,7 @@ def test_judges_c8_c9_c11_and_tokens_to_reach():
 
 
 def test_judge_c7():
-    from opdkit.lab.claims import judge_c7
+    from opdkit.lab.claims_topk import judge_c7
     r = {"init": {"acc_start": 0.02, "acc_end": 0.05}, "student_60": {"acc_start": 0.35, "acc_end": 0.77}}
     assert judge_c7([r])[0] == "reproduced"
     assert judge_c7([dict(r, init={"acc_start": 0.02, "acc_end": 0.3})])[0] == "not reproduced"     # cold improved
@@ -100,7 +122,7 @@ def test_judge_c7():
 
 
 def test_judge_c10():
-    from opdkit.lab.claims import judge_c10
+    from opdkit.lab.claims_topk import judge_c10
     r = {"rkl": {"avg_at_k": 0.8, "after_grpo": 0.85}, "fkl": {"avg_at_k": 0.7, "after_grpo": 0.9}}
     assert judge_c10([r])[0] == "reproduced"
     assert judge_c10([dict(r, fkl={"avg_at_k": 0.85, "after_grpo": 0.9})])[0] == "not reproduced"
@@ -108,7 +130,7 @@ def test_judge_c10():
 
 
 def test_judge_c6():
-    from opdkit.lab.claims import judge_c6
+    from opdkit.lab.claims_teacher import judge_c6
     r = {"grpo": {"overlap_start": 0.8, "acc_start": 0.3, "acc_end": 0.8},
          "offformat": {"overlap_start": 0.3, "acc_start": 0.3, "acc_end": 0.5}}
     assert judge_c6([r])[0] == "reproduced"
@@ -117,8 +139,36 @@ def test_judge_c6():
 
 
 def test_judge_c5():
-    from opdkit.lab.claims import judge_c5
+    from opdkit.lab.claims_topk import judge_c5
     r = {"hedge_after_wrong": 0.6, "hedge_after_right": 0.01, "hedge_rate_start": 10.0, "hedge_rate_end": 120.0}
     assert judge_c5([r])[0] == "reproduced"
     assert judge_c5([dict(r, hedge_after_right=0.2)])[0] == "not reproduced"
     assert judge_c5([dict(r, hedge_rate_end=5.0)])[0] == "not reproduced"
+
+
+def test_judge_c12():
+    from opdkit.lab.claims_opsd import judge_c12
+    one = lambda rule, acc: {"rule_teacher": 1.0, "rule_after": rule, "teacher_rule_after": 1.0, "acc_before": 1.0,
+                             "acc_after": acc}
+    r = {"frozen": one(0.9, 1.0), "live": one(0.5, 1.0), "ema": one(1.0, 1.0)}
+    assert judge_c12([r])[0] == "reproduced"
+    assert judge_c12([dict(r, live=one(1.0, 0.95))])[0] == "not reproduced"      # live did not diverge
+    assert judge_c12([dict(r, ema=one(0.7, 1.0))])[0] == "not reproduced"        # EMA did not internalise the rule
+    assert judge_c12([dict(r, frozen=one(1.0, 1.0), ema=one(0.95, 1.0))])[0] == "not reproduced"  # frozen beat EMA
+
+
+def test_sampled_baseline_runs_once_per_seed_and_start(tmp_path, monkeypatch):
+    from opdkit.lab import claims_topk
+    from opdkit.lab.claim import Context
+    calls = []
+    row = {"step": 1, "rollout/accuracy": 0.5, "rollout/length_mean": 2.0}
+    monkeypatch.setattr(claims_topk, "opd", lambda ctx, seed, name, start, objective, steps: calls.append(
+        (name, objective)) or [row] * 3)
+    ctx = Context(tmp_path, quick=True)
+    claims_topk.sampled_baseline(ctx, 0, ("teacher", "student_100"))
+    claims_topk.sampled_baseline(ctx, 0, ("teacher",))
+    claims_topk.sampled_baseline(ctx, 1, ("teacher",))
+    assert calls == [("sampled-teacher", "sampled_rkl"), ("sampled-student_100", "sampled_rkl"),
+                     ("sampled-teacher", "sampled_rkl")]
+    text = claims_topk.baseline_text([{"baseline": {"teacher": {"acc_start": 0.5, "acc_end": 0.25}}}])
+    assert text == "; sampled-token OPD baseline from teacher: accuracy 0.5 -> 0.25"

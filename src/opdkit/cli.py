@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_lab_fixed_points)
-    p = lab.add_parser("reproduce", help="the paper's claims C1-C11 on the tiny testbed: table, claims.json, report.html")
+    p = lab.add_parser("reproduce", help="the paper's claims C1-C11 (+ C12, OPSD self-teachers) on the tiny testbeds: table, claims.json, report.html")
     p.add_argument("--out", type=Path, default=Path("runs/lab"), help="output directory (models are cached in OUT/cache)")
     p.add_argument("--quick", action="store_true", help="one seed, shorter runs (<= 10 min on 2 cores)")
     p.add_argument("--only", default=None, help="comma-separated claims, e.g. C1,C4")

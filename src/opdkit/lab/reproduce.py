@@ -1,5 +1,6 @@
 """`opdkit lab reproduce [--quick] [--only C1,C4] --out DIR`: the claims table, claims.json, report.html.
 
+C12 (frozen / live / EMA self-teacher) runs after the paper's eleven.
 Quick mode: one seed and shorter runs; full mode: three seeds, mean +- spread. The testbed
 models are cached under DIR/cache, so a second run skips their training.
 """
@@ -10,7 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from opdkit.lab.claims import CLAIMS, Claim, Context
+from opdkit.lab.claim import Claim, Context
+from opdkit.lab.claims import CLAIMS
 
 VERDICT_COLOURS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700", "not run": "#6e7781"}
 
@@ -45,7 +47,7 @@ def reproduce(out: str | Path, quick: bool = True, only: str | None = None, seed
     (out / "claims.json").write_text(json.dumps({"mode": "quick" if quick else "full", "seeds": seed_list,
                                                  "wall_s": round(time.time() - started, 1), "claims": rows,
                                                  "raw": results}, indent=2, default=str))
-    write_report(out, rows, claims, seed_list)
+    write_report(out, rows, claims, seed_list, results)
     return rows
 
 
@@ -76,9 +78,13 @@ def claims_html(rows: list[dict]) -> str:
     return f"<h2>Claims</h2><table>{head}{body}</table>"
 
 
-def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[int]) -> Path:
-    """Claims table, then one curves figure per claim (its runs, first seed), then per-run sections."""
+def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[int],
+                 results: dict[str, list[dict]] | None = None) -> Path:
+    """Claims table, the probe bars, one curves figure per claim (its runs, first seed), per-run sections."""
+    from opdkit.lab.figures import prefix_bars, self_teacher_bars
     from opdkit.report import build_report, curves_section
+    results = results or {}
+    bars = prefix_bars(results.get("C4", [])) + self_teacher_bars(results.get("C12", []))
     groups = []
     for claim in claims:
         dirs = [out / "runs" / f"{name}-seed{seeds[0]}" for name in claim.figures]
@@ -89,4 +95,4 @@ def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[i
         curves_section(dirs, f"{claim.id}: {claim.title}") for claim, dirs in groups)
     run_dirs = [d for _, dirs in groups for d in dirs]
     return build_report(run_dirs, out / "report.html", title="opdkit lab: the paper's claims in miniature",
-                        preamble=claims_html(rows) + (figures if groups else ""), overlay=False)
+                        preamble=claims_html(rows) + bars + (figures if groups else ""), overlay=False)

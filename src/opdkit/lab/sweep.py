@@ -18,7 +18,7 @@ STUDENTS = ("student_60", "student_100", "teacher")
 
 def run_sweep(out: str | Path, steps: int = 150, objectives=OBJECTIVES, students=STUDENTS) -> list[dict]:
     from opdkit.config import load_config
-    from opdkit.lab.claims import tail_mean
+    from opdkit.lab.claim import tail_mean
     from opdkit.lab.testbed import build_testbed, opd_overrides
     from opdkit.runner import run
 

@@ -47,7 +47,7 @@ def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, .
         f"model.student={root / 'init'}", f"data.train={task}", f"run.out={root / 'teacher_run'}",
         f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
         "rollout.max_new_tokens=4", "run.save_every=20", f"run.keep_checkpoints={sft_steps // 20 + 1}",
-        "run.progress=false", "guard.enabled=false", f"run.seed={seed}"])
+        "run.progress=false", "guard.enabled=false", f"run.seed={seed}", "run.threads=1"])
     run(cfg)
     export_run(root / "teacher_run", root / "teacher")
     for step in students:
@@ -121,7 +121,7 @@ def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0) -> P
         f"model.student={root / 'init'}", f"data.train={root / 'sft.jsonl'}", f"run.out={root / 'teacher_run'}",
         f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
         "rollout.max_new_tokens=4", f"run.save_every={sft_steps}", "run.progress=false", "guard.enabled=false",
-        f"run.seed={seed}"]))
+        f"run.seed={seed}", "run.threads=1"]))      # one thread: a shared 2-core VM thrashes with more
     export_run(root / "teacher_run", root / "teacher")
     marker.write_text(json.dumps(spec))
     return root

@@ -2,7 +2,7 @@
 
 Nothing here is a mock: the tokenizer is a byte-level BPE trained on a small built-in
 corpus with a ChatML template (the same shape as SmolLM2's), and the models are ordinary
-`LlamaForCausalLM` instances from small configs. `save_tiny(dir)` writes a directory that
+`LlamaForCausalLM` or `Qwen2ForCausalLM` instances from small configs. `save_tiny(dir)` writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
 load like any downloaded checkpoint, so the engine is exercised through the same calls it
 makes on real models.
@@ -50,26 +50,33 @@ def build_tokenizer(vocab_size: int = 320, specials: list[str] = SPECIAL_TOKENS,
     return fast
 
 
-def build_model(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0):
-    """A LlamaForCausalLM with small dims whose vocabulary matches `tokenizer`."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+ARCHS = ("llama", "qwen2")
 
+
+def build_model(tokenizer, layers: int = 2, hidden: int = 32, seed: int = 0, arch: str = "llama"):
+    """A LlamaForCausalLM or Qwen2ForCausalLM with small dims whose vocabulary matches `tokenizer`."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if arch not in ARCHS:
+        raise ValueError(f"tiny model arch must be one of {ARCHS}, got {arch!r}")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=False,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=None)
-    model = LlamaForCausalLM(config)
+    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=512, tie_word_embeddings=False,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=None)
+    model = model_cls(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
     return model.eval()
 
 
-def save_tiny(directory: str | Path, layers: int = 2, hidden: int = 32, seed: int = 0, tokenizer=None) -> Path:
+def save_tiny(directory: str | Path, layers: int = 2, hidden: int = 32, seed: int = 0, tokenizer=None,
+              arch: str = "llama") -> Path:
     """Write a tiny model and its tokenizer to `directory` (a normal HF checkpoint)."""
     directory = Path(directory)
     tokenizer = tokenizer or build_tokenizer()
-    build_model(tokenizer, layers, hidden, seed).save_pretrained(directory)
+    build_model(tokenizer, layers, hidden, seed, arch).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
