@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from opdkit.config import ConfigError
 from opdkit.metrics import read_metrics
-from opdkit.recipe import load_recipe, run_recipe, stage_config
+from opdkit.recipe import format_table, load_recipe, run_recipe, stage_config
 
 
 def base(tiny_dir, **extra) -> dict:
@@ -129,6 +129,8 @@ def test_eval_metric_threshold_and_eval_stage(tiny_dir, tmp_path):
     results = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
     assert set(results) == {str(tiny_dir / "student"), "sft"}
     assert {"length_mean", "eos_rate", "hedge_rate", "accuracy"} <= set(results["sft"])
+    table = format_table(state)
+    assert "| sft | 1 | eval/length_mean" in table and f"| eval: {tiny_dir / 'student'} |" in table
 
 
 @pytest.mark.parametrize("stages, message", [

@@ -242,6 +242,7 @@ def run_recipe(recipe: Recipe, resume: bool = False, echo=print) -> dict:
         state["stages"][stage.name] = summary
         write_state(recipe.out, state)
         echo(f"[recipe] {stage.name}: {format_summary(summary)}")
+    echo(format_table(state))
     return state
 
 
@@ -313,3 +314,23 @@ def format_summary(summary: dict) -> str:
         return "; ".join(f"{ref}: {show(r)}" for ref, r in summary["eval"].items())
     return (f"{summary['steps']} steps, ended by {summary['ended']}; before [{show(summary['before'])}] "
             f"after [{show(summary['after'])}]")
+
+
+def format_table(state: dict) -> str:
+    """A Markdown table of every finished stage: held-out accuracy, length, hedge rate before -> after."""
+    def pair(summary: dict, key: str) -> str:
+        before, after = summary.get("before", {}).get(key), summary.get("after", {}).get(key)
+        show = lambda v: "-" if v is None else f"{v:.3g}"
+        return f"{show(before)} -> {show(after)}"
+    lines = ["| stage | steps | ended by | accuracy | length | hedge rate | teacher accuracy |", "|---|---|---|---|---|---|---|"]
+    for name, summary in state["stages"].items():
+        if "eval" in summary:
+            for ref, r in summary["eval"].items():
+                lines.append(f"| {name}: {ref} | - | - | {r.get('accuracy', '-')} | {r['length_mean']:.3g} | "
+                             f"{r.get('hedge_rate', 0):.3g} | - |")
+            continue
+        teacher = summary.get("before", {}).get("teacher_accuracy")
+        lines.append(f"| {name} | {summary['steps']} | {summary['ended']} | {pair(summary, 'accuracy')} | "
+                     f"{pair(summary, 'length_mean')} | {pair(summary, 'hedge_rate')} | "
+                     f"{'-' if teacher is None else f'{teacher:.3g}'} |")
+    return "\n".join(lines)
