@@ -6,6 +6,8 @@
     opdkit eval [--config FILE] [key=value ...]          accuracy, length, rule rate, teacher KL
     opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
     opdkit probe pair|prefix|pi [--config FILE] [key=value ...]   can this run work? numbers + verdict
+    opdkit recipe FILE.yaml [--resume] [--out DIR]   chained sft/grpo/distill/self-distill/eval stages
+    opdkit task arithmetic --n N --out DIR  procedural word problems: DIR/train.jsonl, DIR/heldout.jsonl
     opdkit export RUN_DIR --out DIR         the newest checkpoint as a Hugging Face model directory
     opdkit report RUN_DIR [RUN_DIR ...] [--out report.html]   curves, alarms, word clouds, probes, config
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
@@ -133,6 +135,19 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace) -> int:
+    from opdkit.recipe import load_recipe, run_recipe
+    run_recipe(load_recipe(args.file, args.out), resume=args.resume)
+    return 0
+
+
+def _task(args: argparse.Namespace) -> int:
+    from opdkit.tasks import write_task
+    train, heldout = write_task(args.out, args.n, args.n_heldout, args.heldout, args.seed, args.max_operand)
+    print(f"wrote {train} and {heldout}")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config (sections model:, data:, optim:, ...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
@@ -202,6 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=None, help="image path (default RUN_DIR/metrics.png)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("recipe", help="run a recipe: stages with hand-offs, switch criteria and resume")
+    p.add_argument("file", type=Path)
+    p.add_argument("--resume", action="store_true", help="skip finished stages; resume the unfinished one")
+    p.add_argument("--out", default=None, help="run directory (default: the recipe's `out`)")
+    p.set_defaults(func=_recipe)
+
+    p = sub.add_parser("task", help="write a procedurally generated task with train and held-out splits")
+    p.add_argument("task", choices=["arithmetic"])
+    p.add_argument("--n", type=int, default=2000, help="training problems")
+    p.add_argument("--n-heldout", type=int, default=None, help="held-out problems (default max(32, n/10))")
+    p.add_argument("--heldout", default="pairs", choices=["pairs", "templates"],
+                   help="held-out operand pairs (same templates) or held-out templates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-operand", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_task)
 
     p = sub.add_parser("export", help="write a run's newest checkpoint as a Hugging Face model directory")
     p.add_argument("run_dir", type=Path)

@@ -12,6 +12,7 @@ import torch
 
 from opdkit.checkpoint import seeded
 from opdkit.data import batches
+from opdkit.diagnostics import hedge_rate
 from opdkit.logprobs import chunked_objective_loss
 from opdkit.objectives import make_objective
 from opdkit.packing import pack, response_hidden
@@ -43,7 +44,8 @@ def answer_metrics(s: Session, rollouts: Rollouts, items: list) -> dict:
     """Length, EOS rate, accuracy (when every item has an answer) and rule rate (run.check)."""
     texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
     out = {"length_mean": sum(map(len, rollouts.response_ids)) / len(items),
-           "eos_rate": sum(rollouts.finished) / len(items)}
+           "eos_rate": sum(rollouts.finished) / len(items),
+           "hedge_rate": hedge_rate(texts, tuple(s.cfg.run.hedge_words))}
     answers = [it.example.answer for it in items]
     if all(a is not None for a in answers):
         reward = make_reward(s.cfg.reward.kind)

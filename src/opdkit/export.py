@@ -35,7 +35,18 @@ def export_run(run_dir: str | Path, out: str | Path, step_dir: str | Path | None
     checkpoint.load(path, {"student": model})
     if cfg.model.lora_r:
         model = model.merge_and_unload()
+    unmark_gguf(model)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     load_tokenizer(cfg.model.student).save_pretrained(out)
     return out
+
+
+def unmark_gguf(model) -> None:
+    """A model loaded from GGUF holds plain dequantised weights, but transformers keeps its
+    gguf quantizer marker and refuses `save_pretrained`; drop the marker."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and str(getattr(quantizer.quantization_config, "quant_method", "")).lower().endswith("gguf"):
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config

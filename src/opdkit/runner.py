@@ -62,8 +62,11 @@ def switch_objective(s: Session, name: str) -> None:
 
 
 class Runner:
-    def __init__(self, s: Session, run_dir: Path):
+    def __init__(self, s: Session, run_dir: Path, control=None):
         self.s, self.cfg, self.run_dir = s, s.cfg, run_dir
+        # A stage's schedule and switch criterion (opdkit.recipe.StageControl): `resumed(runner)`,
+        # `after_step(runner, metrics)` may change settings and add metrics, `done(runner)` -> reason or None.
+        self.control = control
         self.log = MetricLog(run_dir, self.cfg.run.trackers)
         self.stream = new_stream(s)
         self.optimizer, self.scheduler = make_optimizer(s)
@@ -105,6 +108,8 @@ class Runner:
             self.guard.load_state_dict(state["guard"])
         self.log.truncate_after(self.step)
         self.log.event(self.step, "resumed", checkpoint=str(path))
+        if self.control is not None:
+            self.control.resumed(self)
 
     # ---------------------------------------------------------------- start
     def start(self) -> None:
@@ -127,13 +132,24 @@ class Runner:
         self.bar = tqdm(total=last, initial=self.step, desc=cfg.mode, disable=not cfg.run.progress,
                         dynamic_ncols=True)
         try:
-            while self.step < last:
+            while self.step < last and not self.switched():
                 self.one_step()
         finally:
             self.bar.close()
         if cfg.run.profile and self.rows:
             print(format_breakdown(breakdown(self.rows), max(1, len(self.rows) - 1)))
         return self.rows
+
+    def switched(self) -> bool:
+        """The control's criterion ended the run early: checkpoint this step (the stage's output) and stop."""
+        reason = None if self.control is None or self.step == 0 else self.control.done(self)
+        if reason is None:
+            return False
+        latest = checkpoint.latest(self.run_dir)
+        if latest is None or latest.name != f"{checkpoint.PREFIX}{self.step:08d}":
+            self.save()
+        self.log.event(self.step, "switch", reason=reason)
+        return True
 
     def one_step(self) -> None:
         from opdkit.evaluate import evaluate_session, gap_recovery
@@ -147,6 +163,8 @@ class Runner:
             result = evaluate_session(self.s)
             result.update(gap_recovery(self.before_eval(), result))
             metrics.update({f"eval/{k}": v for k, v in result.items()})
+        if self.control is not None:
+            self.control.after_step(self, metrics)
         with timer("logging"):
             self.log.log(self.step, metrics)
             every = cfg.run.sample_every
@@ -231,8 +249,8 @@ class Runner:
         return True
 
 
-def run(cfg: Config, resume: bool = False, session: Session | None = None) -> list[dict]:
-    """Train; returns the metrics rows logged by this call."""
+def run(cfg: Config, resume: bool = False, session: Session | None = None, control=None) -> list[dict]:
+    """Train; returns the metrics rows logged by this call. `control`: see Runner."""
     run_dir = Path(cfg.run.out)
     if not resume and checkpoint.latest(run_dir) is not None:
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
@@ -241,7 +259,7 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None) -> li
     run_dir.mkdir(parents=True, exist_ok=True)
     s = session or build_session(cfg)
     save_config(cfg, run_dir / "config.yaml")
-    runner = Runner(s, run_dir)
+    runner = Runner(s, run_dir, control)
     if resume:
         runner.resume()
     if runner.step == 0:
