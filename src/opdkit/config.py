@@ -116,6 +116,7 @@ class RunConfig:
     eval_every: int = doc("evaluate on data.eval every n steps (0: off)", 0)
     eval_limit: int = doc("prompts used by in-run evaluation", 32)
     check: str = doc("rule check for eval: 'contains:TEXT', 'regex:PATTERN', 'spanish' ('' = none)", "")
+    parallel: str = doc("under torchrun (WORLD_SIZE > 1): 'ddp' (replicated student) or 'fsdp' (FSDP2 fully_shard)", "ddp")
     threads: int = doc("torch CPU threads (0: leave torch's default)", 0)
     progress: bool = doc("console progress bar", True)
     trackers: list = doc("extra metric sinks when installed: 'tensorboard', 'wandb'", factory=list)
@@ -160,7 +161,7 @@ CHOICES = {
     "model.teacher_template": ("", "student", "teacher"), "data.pi_placement": ("system", "user"),
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
-    "optim.schedule": ("constant", "linear", "cosine"),
+    "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
 }
 
 

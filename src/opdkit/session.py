@@ -7,13 +7,14 @@ loop (`opdkit.runner`, `opdkit.train`) and evaluation (`opdkit.evaluate`) only c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from opdkit.config import Config
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.diagnostics import with_diagnostics
+from opdkit.distributed import Dist, Scorer
 from opdkit.models import PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import OBJECTIVES, make_objective
 from opdkit.rollout import HFSampler
@@ -43,6 +44,12 @@ class Session:
     report: PairReport
     teacher_tokenizer: object = None
     objective_name: str = ""          # may differ from the config after a guard switch
+    dist: Dist = field(default_factory=Dist)        # this process's rank and world (opdkit.distributed)
+    scorer: torch.nn.Module | None = None           # the student's training forward, DDP/FSDP-wrapped under torchrun
+
+    def __post_init__(self):
+        if self.scorer is None:
+            self.scorer = Scorer(self.student)
 
     @property
     def needs_teacher(self) -> bool:

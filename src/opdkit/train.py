@@ -10,22 +10,24 @@ gradient skips the optimizer step; the runner counts and logs it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 
 import torch
 
+from opdkit.checkpoint import seeded
 from opdkit.data import batches
+from opdkit.distributed import student_head
 from opdkit.diagnostics import entropy_gap, response_diagnostics
 from opdkit.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives import group_advantages
-from opdkit.packing import pack, pad_rows, response_hidden
+from opdkit.packing import pack, pad_rows
 from opdkit.rewards import make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs, TeacherScores
 from opdkit.session import Session
-from opdkit.teachers import head_of
 
 
 class TrainingError(RuntimeError):
@@ -34,17 +36,24 @@ class TrainingError(RuntimeError):
 
 # ----------------------------------------------------------------------------- responses
 
-def collect(s: Session, items: list) -> Rollouts:
-    """Responses for one step's prompts (G per prompt); `meta` holds each response's example."""
+def collect(s: Session, items: list, salt: int | None = None, first: int = 0) -> Rollouts:
+    """Responses for one step's prompts (G per prompt); `meta` holds each response's example.
+
+    With `salt`, each micro-batch samples under the seed salt + the global index of its first
+    response (`first` is that of items[0]), so a response does not depend on which rank drew it.
+    """
     cfg = s.cfg
     group = cfg.rollout.samples_per_prompt if cfg.mode != "sft" else 1
     expanded = [it for it in items for _ in range(group)]
     if cfg.mode == "sft":
         return sft_targets(s, expanded)
-    parts = [s.sampler.sample(s.student, [it.prompt_ids for it in chunk], max_new_tokens=cfg.rollout.max_new_tokens,
-                              temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              record_topk=cfg.rollout.record_topk)
-             for chunk in batches(expanded, cfg.optim.micro_batch)]
+    parts = []
+    for i, chunk in enumerate(batches(expanded, cfg.optim.micro_batch)):
+        seed = None if salt is None else salt + first * group + i * cfg.optim.micro_batch
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            parts.append(s.sampler.sample(s.student, [it.prompt_ids for it in chunk],
+                                          max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                          top_p=cfg.rollout.top_p, record_topk=cfg.rollout.record_topk))
     out = Rollouts.concat(parts)
     out.meta = [it.example for it in expanded]
     return out
@@ -112,8 +121,12 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
         ids=packed.response_ids,
         behaviour_logprobs=pad_rows(rollouts.sampler_logprobs[rows], width).to(device) if s.cfg.mode != "sft" else None,
         advantages=None if advantages is None else advantages[rows].to(device).unsqueeze(-1).expand(-1, width).contiguous())
-    teacher = s.teacher.score(rollouts.meta[rows], responses) if s.needs_teacher else None
-    head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
+    teacher = None
+    if s.needs_teacher:
+        shares_student = s.teacher.model() is s.student         # live / LoRA self-teacher: FSDP must gather
+        with s.dist.full_weights() if shares_student else contextlib.nullcontext():
+            teacher = s.teacher.score(rollouts.meta[rows], responses)
+    head = student_head(s, packed)
     weights = mask / step_tokens
     if s.cfg.objective.chunked:
         result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher)
@@ -137,8 +150,10 @@ class StepOutcome:
 
 def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
     cfg, t0 = s.cfg, time.perf_counter()
-    items = stream.take(cfg.optim.prompts_per_step)
-    rollouts = collect(s, items)
+    salt = int(torch.randint(0, 2**31, ()))         # the same on every rank: the global RNG is not used by sampling
+    items, first = s.dist.shard(stream.take(cfg.optim.prompts_per_step))
+    with s.dist.full_weights():
+        rollouts = collect(s, items, salt, first)
     t_rollout = time.perf_counter() - t0
     texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
     rewards = answer_rewards(s, rollouts, texts)
@@ -146,21 +161,26 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
     width = max(1, max(len(r) for r in rollouts.response_ids))
     special = set(s.report.masked_special_ids) if cfg.objective.mask_special else set()
     keep = first_special_mask(rollouts.response_ids, special, width) if special else None
-    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
     masked = 0 if keep is None else int((keep == 0).sum())
-    step_tokens = torch.tensor(max(1.0, float(lengths.sum()) - masked))
+    local_tokens = sum(len(r) for r in rollouts.response_ids) - masked
+    step_tokens = torch.tensor(max(1.0, s.dist.sum([local_tokens])[0]))   # sync: the global token count
     s.student.train()
     loss_total, sums, counts = 0.0, {}, 0.0
-    for rows in _row_slices(len(rollouts), cfg.optim.micro_batch):
+    slices = _row_slices(len(rollouts), cfg.optim.micro_batch)
+    for i, rows in enumerate(slices):
         sub_keep = None if keep is None else keep[rows]
-        result, mask = micro_batch_loss(s, rollouts, rows, None if sub_keep is None else sub_keep[:, :_width(rollouts, rows)],
-                                        advantages, step_tokens)
+        with s.dist.accumulate(s.scorer, last=i == len(slices) - 1):
+            result, mask = micro_batch_loss(s, rollouts, rows, None if sub_keep is None else sub_keep[:, :_width(rollouts, rows)],
+                                            advantages, step_tokens)
         loss_total += float(result.loss.detach())
         counts += float(mask.sum())
         gap = entropy_gap(result.metrics)
         for k, v in {**result.metrics, **({"entropy_gap": gap} if gap is not None else {})}.items():
             sums[k] = sums.get(k, 0.0) + float((v * mask).sum())
     s.student.eval()
+    keys = sorted(sums)                               # sync: global loss and token sums
+    loss_total, counts, *values = s.dist.sum([loss_total, counts] + [sums[k] for k in keys])
+    sums = dict(zip(keys, values))
     grad_norm = _grad_norm(s.student, cfg.optim.max_grad_norm)
     finite = math.isfinite(loss_total) and math.isfinite(grad_norm)
     if finite:
@@ -169,6 +189,8 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
         if s.teacher is not None:
             s.teacher.after_step(s.student)
     optimizer.zero_grad(set_to_none=True)
+    rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)
+    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
     if cfg.run.diagnostics:
         responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
                                          tuple(cfg.run.hedge_words))
@@ -194,6 +216,16 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
     return StepOutcome(metrics, finite, texts)
 
 
+def _global_view(s: Session, rollouts: Rollouts, texts: list[str], rewards: list[float] | None, masked: int):
+    """Every rank's responses (ids, finished), texts, rewards and masked count, for the step metrics."""
+    if s.dist.world == 1:
+        return rollouts, texts, rewards, masked
+    ids, finished = s.dist.gather(rollouts.response_ids), s.dist.gather(rollouts.finished)
+    texts = s.dist.gather(texts)
+    rewards = None if rewards is None else s.dist.gather(rewards)
+    return Rollouts([], ids, [], finished), texts, rewards, int(s.dist.sum([masked])[0])
+
+
 def _row_slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
@@ -207,8 +239,10 @@ def _grad_norm(model, max_norm: float) -> float:
     if not params:
         return 0.0
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params])))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)     # FSDP2: a DTensor
 
 
 # ----------------------------------------------------------------------------- optimizer
