@@ -69,6 +69,8 @@ class RolloutConfig:
     temperature: float = doc("sampling temperature", 1.0)
     top_p: float = doc("nucleus sampling; the sampler's own log-probs are kept for the importance ratio", 1.0)
     samples_per_prompt: int = doc("responses per prompt (GRPO's group size G)", 1)
+    engine: str = doc("sampler: 'hf' (transformers generate) or 'vllm' (colocated vllm.LLM, needs vllm and a GPU)", "hf")
+    vllm_memory: float = doc("rollout.engine=vllm: fraction of GPU memory vLLM may take (weights + KV cache)", 0.3)
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
 
 
@@ -85,6 +87,9 @@ class TeacherConfig:
     self_weights: str = doc("self-distill teacher weights: 'frozen' (initial), 'live' or 'ema'", "frozen")
     ema_decay: float = doc("EMA decay for self_weights=ema", 0.99)
     temperature: float = doc("teacher temperature when scoring", 1.0)
+    url: str = doc("a served teacher: base URL of a vLLM OpenAI-compatible server (http://host:8000/v1) that serves "
+                   "model.teacher; scored through prompt logprobs, top-k only (opdkit.served)", "")
+    top_k: int = doc("top-k log-probs asked from a served teacher (vLLM caps it at the server's --max-logprobs)", 20)
     sft_traces: str = doc("SFT targets: 'data' (the response field) or 'teacher' (greedy teacher answers)", "data")
 
 
@@ -162,6 +167,7 @@ CHOICES = {
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
     "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
+    "rollout.engine": ("hf", "vllm"),
 }
 
 

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opdkit.config import ConfigError
 from opdkit.logprobs import Head
 from opdkit.packing import Packed
 
@@ -83,7 +84,7 @@ class Dist:
     def shard(self, items: list) -> tuple[list, int]:
         """This rank's contiguous slice of a step's items and the global index of its first."""
         if len(items) % self.world:
-            raise ValueError(f"optim.prompts_per_step={len(items)} must be a multiple of the world size {self.world} "
+            raise ConfigError(f"optim.prompts_per_step={len(items)} must be a multiple of the world size {self.world} "
                              f"so that every rank gets the same number of prompts")
         n = len(items) // self.world
         return items[self.rank * n:(self.rank + 1) * n], self.rank * n
@@ -150,11 +151,14 @@ def setup(s, strategy: str = "ddp") -> Dist:
         s.dist = Dist()
         return s.dist
     if strategy not in STRATEGIES:
-        raise ValueError(f"run.parallel must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"run.parallel must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "fsdp" and s.cfg.model.lora_r:
-        raise ValueError("model.lora_r with run.parallel=fsdp is not supported; use run.parallel=ddp for LoRA")
+        raise ConfigError("model.lora_r with run.parallel=fsdp is not supported; use run.parallel=ddp for LoRA")
     if strategy == "fsdp" and s.cfg.teacher.self_weights == "ema" and s.cfg.mode == "self-distill":
-        raise ValueError("teacher.self_weights=ema with run.parallel=fsdp is not supported; use ddp or frozen/live")
+        raise ConfigError("teacher.self_weights=ema with run.parallel=fsdp is not supported; use ddp or frozen/live")
+    if s.cfg.optim.prompts_per_step % world:
+        raise ConfigError(f"optim.prompts_per_step={s.cfg.optim.prompts_per_step} must be a multiple of the world size "
+                          f"{world} so that every rank gets the same number of prompts")
     cuda = torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from opdkit.config import Config
+from opdkit.config import Config, ConfigError
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.diagnostics import with_diagnostics
 from opdkit.distributed import Dist, Scorer
@@ -105,6 +105,12 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
         return teacher, tokenizer, PairReport(vocab=report_vocab)
     if not cfg.model.teacher:
         return None, None, PairReport(vocab=report_vocab)
+    if cfg.teacher.url:        # the same tokenizer is assumed: ids go to the server as they are
+        from opdkit.served import ServedTeacher
+        renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+        teacher = ServedTeacher(cfg.teacher.url, cfg.model.teacher, renderer, cfg.teacher.top_k, cfg.objective_name,
+                                cfg.objective.options, cfg.teacher.temperature)
+        return teacher, tokenizer, PairReport(vocab=report_vocab)
     teacher_tok = load_tokenizer(cfg.model.teacher)
     teacher_model = load_model(cfg.model.teacher, cfg.model.dtype)
     report = preflight(tokenizer, teacher_tok, student, teacher_model, cfg.model.teacher_template)
@@ -137,8 +143,20 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     if cfg.mode == "self-distill" and not d.pi and items and not any(it.example.pi for it in items):
         raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
-    return Session(cfg, tokenizer, student, teacher, student_prompt, HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id),
+    return Session(cfg, tokenizer, student, teacher, student_prompt, make_sampler(cfg, tokenizer),
                    objective, report.vocab, items, skipped, report, teacher_tok, objective_name)
+
+
+def make_sampler(cfg: Config, tokenizer):
+    if cfg.rollout.engine == "hf":
+        return HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id)
+    from opdkit.vllm_sampler import VLLMSampler, VLLMUnavailable
+    try:
+        return VLLMSampler.create(cfg.model.student, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                  "bfloat16" if cfg.model.dtype == "float32" else cfg.model.dtype,
+                                  cfg.rollout.vllm_memory, seed=cfg.run.seed)
+    except VLLMUnavailable as e:
+        raise ConfigError(str(e)) from None
 
 
 def new_stream(session: Session) -> PromptStream:

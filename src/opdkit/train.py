@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,6 +126,10 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
         shares_student = s.teacher.model() is s.student         # live / LoRA self-teacher: FSDP must gather
         with s.dist.full_weights() if shares_student else contextlib.nullcontext():
             teacher = s.teacher.score(rollouts.meta[rows], responses)
+        if isinstance(teacher, TeacherScores):        # a served teacher: top-k scores instead of hidden states
+            scores = {k: None if v is None else v.to(device) for k, v in vars(teacher).items()}
+            inputs = replace(inputs, teacher=TeacherScores(**scores))
+            teacher = None
     head = student_head(s, packed)
     weights = mask / step_tokens
     if s.cfg.objective.chunked:
@@ -188,6 +192,9 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
         scheduler.step()
         if s.teacher is not None:
             s.teacher.after_step(s.student)
+        if hasattr(s.sampler, "sync_weights"):           # vLLM holds its own copy of the student
+            with s.dist.full_weights():
+                s.sampler.sync_weights(s.student)
     optimizer.zero_grad(set_to_none=True)
     rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)
     lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
@@ -211,7 +218,7 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
                "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
                "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
                "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
-               **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
+               **reward_metrics, **getattr(s.sampler, "metrics", {}), **{f"diag/{k}": v for k, v in responses.items()},
                **{f"diag/{k}": v for k, v in token_means.items()}}
     return StepOutcome(metrics, finite, texts)
 
