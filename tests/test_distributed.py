@@ -68,7 +68,6 @@ def test_ddp_two_processes_equal_one_process(tiny_dir, tmp_path, single_sft):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-@pytest.mark.slow
 def test_fsdp_two_processes_equal_one_process_and_resume_at_world_size_one(tiny_dir, tmp_path, single_sft):
     out = tmp_path / "fsdp"
     _launch("sft", engine_overrides(tiny_dir, out, **{"run.parallel": "fsdp", "optim.steps": 2}), 2)

@@ -68,7 +68,7 @@ def _gpu_sampler(tiny_dir):
     from opdkit.vllm_sampler import VLLMSampler
     tok = load_tokenizer(str(tiny_dir / "student"))
     model = load_model(str(tiny_dir / "student"), "bfloat16").cuda()
-    sampler = VLLMSampler.create(str(tiny_dir / "student"), tok.eos_token_id, tok.pad_token_id, "bfloat16", 0.2,
+    sampler = VLLMSampler.create(str(tiny_dir / "student"), model, tok.eos_token_id, tok.pad_token_id, "bfloat16", 0.2,
                                  max_model_len=512)
     return sampler, model, tok
 
@@ -93,3 +93,14 @@ def test_vllm_logprobs_agree_with_hf_and_weight_sync_follows_the_trainer(tiny_di
     sampler.sync_weights(model)
     sampler.sample(model, prompts, max_new_tokens=8, temperature=1.0)
     assert sampler.metrics["rollout/logprob_mismatch"] < min(0.05, stale / 4), (stale, sampler.metrics)
+
+
+def test_other_models_than_the_engines_student_are_sampled_by_hf(tiny):
+    from opdkit.vllm_sampler import VLLMSampler
+    model, tok = tiny
+    sampler = VLLMSampler(llm=None, student=object(), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    prompts = [tok("hola")["input_ids"]]
+    torch.manual_seed(5)
+    got = sampler.sample(model, prompts, max_new_tokens=5, greedy=True)      # llm=None: vLLM is never touched
+    want = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, prompts, max_new_tokens=5, greedy=True)
+    assert got.response_ids == want.response_ids and len(got.response_ids[0]) > 0

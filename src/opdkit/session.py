@@ -143,16 +143,16 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     if cfg.mode == "self-distill" and not d.pi and items and not any(it.example.pi for it in items):
         raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
-    return Session(cfg, tokenizer, student, teacher, student_prompt, make_sampler(cfg, tokenizer),
+    return Session(cfg, tokenizer, student, teacher, student_prompt, make_sampler(cfg, tokenizer, student),
                    objective, report.vocab, items, skipped, report, teacher_tok, objective_name)
 
 
-def make_sampler(cfg: Config, tokenizer):
+def make_sampler(cfg: Config, tokenizer, student):
     if cfg.rollout.engine == "hf":
         return HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id)
     from opdkit.vllm_sampler import VLLMSampler, VLLMUnavailable
     try:
-        return VLLMSampler.create(cfg.model.student, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        return VLLMSampler.create(cfg.model.student, student, tokenizer.eos_token_id, tokenizer.pad_token_id,
                                   "bfloat16" if cfg.model.dtype == "float32" else cfg.model.dtype,
                                   cfg.rollout.vllm_memory, seed=cfg.run.seed)
     except VLLMUnavailable as e:

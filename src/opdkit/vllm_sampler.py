@@ -26,7 +26,7 @@ import torch
 
 from opdkit.logprobs import selective_log_softmax
 from opdkit.packing import pack
-from opdkit.rollout import Rollouts
+from opdkit.rollout import HFSampler, Rollouts
 
 
 class VLLMUnavailable(RuntimeError):
@@ -47,20 +47,25 @@ def require_vllm():
 @dataclass
 class VLLMSampler:
     llm: object                           # vllm.LLM
+    student: object                       # the trainer's module whose weights the engine holds
     eos_id: int
     pad_id: int
     metrics: dict = field(default_factory=dict)
 
     @classmethod
-    def create(cls, model_dir: str, eos_id: int, pad_id: int, dtype: str = "bfloat16", memory: float = 0.3,
+    def create(cls, model_dir: str, student, eos_id: int, pad_id: int, dtype: str = "bfloat16", memory: float = 0.3,
                max_model_len: int = 4096, seed: int = 0) -> "VLLMSampler":
         vllm = require_vllm()
         llm = vllm.LLM(model=str(model_dir), dtype=dtype, gpu_memory_utilization=memory, max_model_len=max_model_len,
                        seed=seed, logprobs_mode="processed_logprobs", enable_prefix_caching=False)
-        return cls(llm, eos_id, pad_id)
+        return cls(llm, student, eos_id, pad_id)
 
     def sample(self, model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, greedy: bool = False, record_topk: int = 0) -> Rollouts:
+        if model is not self.student:     # the teacher writing SFT traces or answering in eval: not in the engine
+            return HFSampler(self.eos_id, self.pad_id).sample(model, prompts, max_new_tokens=max_new_tokens,
+                                                              temperature=temperature, top_p=top_p, greedy=greedy,
+                                                              record_topk=record_topk)
         from vllm import SamplingParams
         base = int(torch.randint(0, 2**31, ()))      # from the global RNG, which train.collect seeds per micro-batch
         params = [SamplingParams(n=1, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
