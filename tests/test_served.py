@@ -101,3 +101,38 @@ def test_a_run_with_a_served_teacher_and_the_default_objective_is_refused(tiny_d
     over = engine_overrides(tiny_dir, tmp_path, **{"model.teacher": "served-name", "teacher.url": "http://x/v1"})
     with pytest.raises(ConfigError, match="'topk_rkl_tail' needs the teacher's log-probabilities over support='student'"):
         build_session(load_config("distill", None, over))
+
+
+def test_scores_over_real_http_from_a_server_speaking_vllms_format(monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)          # the server is local
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            body = json.dumps(CANNED).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        teacher = ServedTeacher(f"http://127.0.0.1:{server.server_port}/v1/", "teacher", lambda example: [5, 7], 2,
+                                "sampled_rkl", {})
+        scores = teacher.score(["example"], [[9, 11]])
+    finally:
+        server.shutdown()
+    assert seen == [("/v1/completions", {"model": "teacher", "prompt": [[5, 7, 9, 11]], "max_tokens": 1,
+                                         "temperature": 1.0, "prompt_logprobs": 2})]
+    assert scores.topk_ids.tolist() == [[[4, 9], [2, 6]]]
+    torch.testing.assert_close(scores.sampled_logprobs, torch.tensor([[-1.2, -3.0]]))
