@@ -20,7 +20,8 @@ import pytest
 
 from conftest import engine_overrides
 
-KEYS = ("train/loss", "train/grad_norm", "rollout/tokens", "rollout/length_mean", "diag/entropy")
+KEYS = ("train/loss", "train/grad_norm", "rollout/tokens", "rollout/length_mean", "reward/mean", "reward/std",
+        "rollout/accuracy")
 
 
 def _launch(mode: str, overrides: list[str], nproc: int, *extra: str) -> None:
@@ -79,10 +80,12 @@ def test_fsdp_two_processes_equal_one_process_and_resume_at_world_size_one(tiny_
 
 
 @pytest.mark.slow
-def test_sampled_rollouts_do_not_depend_on_world_size(tiny_dir, tmp_path):
-    values = {"model.teacher": tiny_dir / "teacher"}
-    _launch("distill", engine_overrides(tiny_dir, tmp_path / "one", **values), 1)
-    _launch("distill", engine_overrides(tiny_dir, tmp_path / "ddp", **values), 2)
+@pytest.mark.parametrize("mode,values", [("distill", {"model.teacher": "TEACHER"}),
+                                         ("grpo", {"rollout.samples_per_prompt": 2, "rollout.temperature": 2.0})])
+def test_sampled_rollouts_do_not_depend_on_world_size(tiny_dir, tmp_path, mode, values):
+    values = {k: tiny_dir / "teacher" if v == "TEACHER" else v for k, v in values.items()}
+    _launch(mode, engine_overrides(tiny_dir, tmp_path / "one", **values), 1)
+    _launch(mode, engine_overrides(tiny_dir, tmp_path / "ddp", **values), 2)
     samples = lambda d: [json.loads(line)["texts"] for line in (d / "samples.jsonl").read_text().splitlines()]
     assert samples(tmp_path / "ddp") == samples(tmp_path / "one")
     _assert_same(_trajectory(tmp_path / "ddp"), _trajectory(tmp_path / "one"), rel=0.0)

@@ -105,6 +105,14 @@ class Dist:
         dist.all_gather_object(out, list(values))
         return [v for part in out for v in part]
 
+    def broadcast(self, value):
+        """Rank 0's value on every rank (picklable)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

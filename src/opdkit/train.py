@@ -197,6 +197,8 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
                 s.sampler.sync_weights(s.student)
     optimizer.zero_grad(set_to_none=True)
     rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)
+    if advantages is not None and s.dist.world > 1:
+        reward_metrics.update(advantages_for(s, rewards)[1])     # reward/mean, std over every rank's responses
     lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
     if cfg.run.diagnostics:
         responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
@@ -220,7 +222,9 @@ def train_step(s: Session, stream, optimizer, scheduler) -> StepOutcome:
                "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
                **reward_metrics, **getattr(s.sampler, "metrics", {}), **{f"diag/{k}": v for k, v in responses.items()},
                **{f"diag/{k}": v for k, v in token_means.items()}}
-    return StepOutcome(metrics, finite, texts)
+    # Every rank logs nothing but acts on these (guard, non-finite stop): one set for all. The
+    # sums above are already global; rank 0's timings and sampler mismatch stand for the rest.
+    return StepOutcome(s.dist.broadcast(metrics), finite, texts)
 
 
 def _global_view(s: Session, rollouts: Rollouts, texts: list[str], rewards: list[float] | None, masked: int):
