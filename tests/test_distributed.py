@@ -34,7 +34,7 @@ def _launch(mode: str, overrides: list[str], nproc: int, *extra: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "opdkit.cli", mode, *extra, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 

@@ -203,6 +203,7 @@ def setup(s, strategy: str = "ddp") -> Dist:
 
 def teardown() -> None:
     if dist.is_initialized():
+        dist.barrier()           # no rank closes its connections while a peer still waits on the last collective
         dist.destroy_process_group()
 
 
