@@ -45,7 +45,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_module(module, path: Path) -> None:
-    """All weights (shared/tied tensors handled by save_model), or only trainable ones (LoRA)."""
+    """All weights (shared/tied tensors handled by save_model), or only trainable ones (LoRA).
+
+    A dict is a gathered state dict (opdkit.distributed, FSDP); tied names are stored twice."""
+    if isinstance(module, dict):
+        save_file({k: v.detach().contiguous().clone() for k, v in module.items()}, str(path))
+        return
     params = dict(module.named_parameters())
     trainable = {n: p.detach().contiguous() for n, p in params.items() if p.requires_grad}
     if 0 < len(trainable) < len(params):
@@ -70,7 +75,7 @@ def _load_module(module, path: Path) -> None:
 
 
 def save(run_dir: Path, step: int, modules: dict, state: dict, keep: int = 2) -> Path:
-    """Write modules (name -> nn.Module) and a picklable state dict as checkpoint `step`."""
+    """Write modules (name -> nn.Module or state dict) and a picklable state dict as checkpoint `step`."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"

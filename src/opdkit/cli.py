@@ -20,6 +20,7 @@ Errors in user input (config, data, models, checkpoints) print one message and e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["run.profile=true"] if args.profile else [])
     cfg = load_config(args.command, args.config, overrides)
     rows = run(cfg, resume=args.resume)
-    if rows:
+    if rows and os.environ.get("RANK", "0") == "0":       # under torchrun, rank 0 speaks
         last = rows[-1]
         print(f"step {last['step']}: loss {last['train/loss']:.4f}, length {last['rollout/length_mean']:.1f}; "
               f"run directory {cfg.run.out}")

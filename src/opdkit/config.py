@@ -73,6 +73,8 @@ class RolloutConfig:
     samples_per_prompt: int = doc("responses per prompt (GRPO's group size G)", 1)
     sampler_dtype: str = doc("'' samples from the student itself; 'bfloat16' from a bf16 copy synced every step "
                              "(half the bytes per decode step; the copy's log-probs are the behaviour policy)", "")
+    engine: str = doc("sampler: 'hf' (transformers generate) or 'vllm' (colocated vllm.LLM, needs vllm and a GPU)", "hf")
+    vllm_memory: float = doc("rollout.engine=vllm: fraction of GPU memory vLLM may take (weights + KV cache)", 0.3)
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
 
 
@@ -90,6 +92,9 @@ class TeacherConfig:
     self_weights: str = doc("self-distill teacher weights: 'frozen' (initial), 'live' or 'ema'", "frozen")
     ema_decay: float = doc("EMA decay for self_weights=ema", 0.99)
     temperature: float = doc("teacher temperature when scoring", 1.0)
+    url: str = doc("a served teacher: base URL of a vLLM OpenAI-compatible server (http://host:8000/v1) that serves "
+                   "model.teacher; scored through prompt logprobs, top-k only (opdkit.served)", "")
+    top_k: int = doc("top-k log-probs asked from a served teacher (vLLM caps it at the server's --max-logprobs)", 20)
     sft_traces: str = doc("SFT targets: 'data' (the response field) or 'teacher' (greedy teacher answers)", "data")
 
 
@@ -123,6 +128,7 @@ class RunConfig:
     check: str = doc("rule check for eval: 'contains:TEXT', 'regex:PATTERN', 'spanish' ('' = none)", "")
     mmap_threshold_kib: int = doc("glibc: mmap allocations of at least this many KiB so freed chunk buffers go back "
                                   "to the OS (lower peak RSS with small objective.chunk_rows; 0: glibc's default)", 0)
+    parallel: str = doc("under torchrun (WORLD_SIZE > 1): 'ddp' (replicated student) or 'fsdp' (FSDP2 fully_shard)", "ddp")
     threads: int = doc("torch CPU threads (0: leave torch's default)", 0)
     progress: bool = doc("console progress bar", True)
     trackers: list = doc("extra metric sinks when installed: 'tensorboard', 'wandb'", factory=list)
@@ -169,7 +175,8 @@ CHOICES = {
     "model.teacher_template": ("", "student", "teacher"), "data.pi_placement": ("system", "user"),
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
-    "optim.schedule": ("constant", "linear", "cosine"),
+    "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
+    "rollout.engine": ("hf", "vllm"),
 }
 
 
@@ -295,6 +302,8 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
+        raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
     for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 0:

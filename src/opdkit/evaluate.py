@@ -87,7 +87,7 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
     items = eval_items(s) if items is None else items
     with seeded(seed):
         out = answer_metrics(s, _generate(s, items, greedy=True), items)
-        if s.teacher is not None:
+        if isinstance(s.teacher, LocalTeacher):      # a served teacher has neither full log-probs nor local weights
             out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False))
             if teacher_side:
                 with torch.no_grad(), s.teacher.context():

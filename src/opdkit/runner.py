@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from opdkit import checkpoint
+from opdkit import checkpoint, distributed
 from opdkit.config import Config, config_from_dict, save_config, to_dict
 from opdkit.diagnostics import with_diagnostics
 from opdkit.guard import Alarm, Guard, describe_alarm
@@ -40,8 +40,9 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
         return
     old = to_dict(config_from_dict(yaml.safe_load(saved.read_text())))
     new = to_dict(cfg)
-    # Only the length of the run may change on resume; everything else must match.
+    # Only the length of the run and how it is spread over processes may change on resume.
     old["optim"]["steps"] = new["optim"]["steps"]
+    old["run"]["parallel"] = new["run"]["parallel"]
     old["run"]["progress"] = new["run"]["progress"]
     old["run"]["profile"] = new["run"]["profile"]
     if old != new:
@@ -67,7 +68,7 @@ class Runner:
         # A stage's schedule and switch criterion (opdkit.recipe.StageControl): `resumed(runner)`,
         # `after_step(runner, metrics)` may change settings and add metrics, `done(runner)` -> reason or None.
         self.control = control
-        self.log = MetricLog(run_dir, self.cfg.run.trackers)
+        self.log = MetricLog(run_dir, self.cfg.run.trackers) if s.dist.main else distributed.NullLog(run_dir)
         self.stream = new_stream(s)
         self.optimizer, self.scheduler = make_optimizer(s)
         g = self.cfg.guard
@@ -78,18 +79,19 @@ class Runner:
 
     # ---------------------------------------------------------------- state
     def save(self) -> Path:
-        state = {"step": self.step, "stream": self.stream.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "stream": self.stream.state_dict(),
+                 "optimizer": distributed.optimizer_state(self.s, self.optimizer),
                  "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(), "bad_streak": self.bad_streak,
                  "rollbacks": self.rollbacks, "changes": dict(self.changes),
                  "guard": None if self.guard is None else self.guard.state_dict()}
-        path = checkpoint.save(self.run_dir, self.step, checkpoint_modules(self.s), state, self.cfg.run.keep_checkpoints)
+        path = distributed.save(self.s, self.run_dir, self.step, checkpoint_modules(self.s), state,
+                                self.cfg.run.keep_checkpoints)
         self.log.event(self.step, "checkpoint", path=str(path))
         return path
 
     def load(self, path: Path) -> dict:
-        state = checkpoint.load(path, checkpoint_modules(self.s))
+        state = distributed.load(self.s, path, checkpoint_modules(self.s), self.optimizer)
         self.stream.load_state_dict(state["stream"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.bad_streak = state["step"], state["bad_streak"]
@@ -114,14 +116,17 @@ class Runner:
     # ---------------------------------------------------------------- start
     def start(self) -> None:
         from opdkit.evaluate import evaluate_session, identity_self_test
-        identity = identity_self_test(self.s)
+        with self.s.dist.full_weights():
+            identity = identity_self_test(self.s)
         if not identity < 1e-4:
             raise TrainingError(f"identity self-test failed: the student scored against itself gives KL {identity:.3g} "
                                 f"(expected 0); the scoring path misaligns prompts or positions")
         self.log.event(0, "start", skipped_prompts=self.s.skipped_prompts, notes=self.s.report.notes,
                        identity_kl=identity)
         if self.cfg.run.eval_every and self.cfg.data.eval:       # the "before" numbers, logged as step 0
-            self.log.log(0, {f"eval/{k}": v for k, v in evaluate_session(self.s, teacher_side=True).items()})
+            with self.s.dist.full_weights():
+                result = evaluate_session(self.s, teacher_side=True)
+            self.log.log(0, {f"eval/{k}": v for k, v in result.items()})
 
     # ---------------------------------------------------------------- the loop
     def loop(self, until: int | None = None) -> list[dict]:
@@ -129,7 +134,7 @@ class Runner:
         from tqdm import tqdm
         cfg = self.cfg
         last = cfg.optim.steps if until is None else min(until, cfg.optim.steps)
-        self.bar = tqdm(total=last, initial=self.step, desc=cfg.mode, disable=not cfg.run.progress,
+        self.bar = tqdm(total=last, initial=self.step, desc=cfg.mode, disable=not (cfg.run.progress and self.s.dist.main),
                         dynamic_ncols=True)
         try:
             while self.step < last and not self.switched():
@@ -160,7 +165,8 @@ class Runner:
         self.bad_streak = 0 if outcome.finite else self.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
         if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and cfg.data.eval:
-            result = evaluate_session(self.s)
+            with self.s.dist.full_weights():
+                result = evaluate_session(self.s)
             result.update(gap_recovery(self.before_eval(), result))
             metrics.update({f"eval/{k}": v for k, v in result.items()})
         if self.control is not None:
@@ -258,10 +264,15 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None, contr
         check_resume_config(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     s = session or build_session(cfg)
-    save_config(cfg, run_dir / "config.yaml")
+    distributed.setup(s, cfg.run.parallel)
+    if s.dist.main:
+        save_config(cfg, run_dir / "config.yaml")
     runner = Runner(s, run_dir, control)
     if resume:
         runner.resume()
-    if runner.step == 0:
-        runner.start()
-    return runner.loop()
+    try:
+        if runner.step == 0:
+            runner.start()
+        return runner.loop()
+    finally:
+        distributed.teardown()

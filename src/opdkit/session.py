@@ -7,13 +7,14 @@ loop (`opdkit.runner`, `opdkit.train`) and evaluation (`opdkit.evaluate`) only c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from opdkit.config import Config
+from opdkit.config import Config, ConfigError
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.diagnostics import with_diagnostics
+from opdkit.distributed import Dist, Scorer
 from opdkit.memory import set_mmap_threshold
 from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import OBJECTIVES, make_objective
@@ -45,6 +46,12 @@ class Session:
     teacher_tokenizer: object = None
     objective_name: str = ""          # may differ from the config after a guard switch
     rollout_copy: LowPrecisionCopy | None = None     # rollout.sampler_dtype
+    dist: Dist = field(default_factory=Dist)        # this process's rank and world (opdkit.distributed)
+    scorer: torch.nn.Module | None = None           # the student's training forward, DDP/FSDP-wrapped under torchrun
+
+    def __post_init__(self):
+        if self.scorer is None:
+            self.scorer = Scorer(self.student)
 
     def rollout_model(self) -> torch.nn.Module:
         """The model that samples training rollouts: the student, or its synced low-precision copy."""
@@ -104,6 +111,12 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
         return teacher, tokenizer, PairReport(vocab=report_vocab)
     if not cfg.model.teacher:
         return None, None, PairReport(vocab=report_vocab)
+    if cfg.teacher.url:        # the same tokenizer is assumed: ids go to the server as they are
+        from opdkit.served import ServedTeacher
+        renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+        teacher = ServedTeacher(cfg.teacher.url, cfg.model.teacher, renderer, cfg.teacher.top_k, cfg.objective_name,
+                                cfg.objective.options, cfg.teacher.temperature)
+        return teacher, tokenizer, PairReport(vocab=report_vocab)
     teacher_tok = load_tokenizer(cfg.model.teacher)
     teacher_model = load_model(cfg.model.teacher, cfg.model.teacher_dtype or cfg.model.dtype)
     report = preflight(tokenizer, teacher_tok, student, teacher_model, cfg.model.teacher_template)
@@ -138,8 +151,20 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
         raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
     rollout_copy = LowPrecisionCopy(student, DTYPES[cfg.rollout.sampler_dtype]) if cfg.rollout.sampler_dtype else None
-    return Session(cfg, tokenizer, student, teacher, student_prompt, HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id),
+    return Session(cfg, tokenizer, student, teacher, student_prompt, make_sampler(cfg, tokenizer, student),
                    objective, report.vocab, items, skipped, report, teacher_tok, objective_name, rollout_copy)
+
+
+def make_sampler(cfg: Config, tokenizer, student):
+    if cfg.rollout.engine == "hf":
+        return HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id)
+    from opdkit.vllm_sampler import VLLMSampler, VLLMUnavailable
+    try:
+        return VLLMSampler.create(cfg.model.student, student, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                  "bfloat16" if cfg.model.dtype == "float32" else cfg.model.dtype,
+                                  cfg.rollout.vllm_memory, seed=cfg.run.seed)
+    except VLLMUnavailable as e:
+        raise ConfigError(str(e)) from None
 
 
 def new_stream(session: Session) -> PromptStream:

@@ -10,23 +10,25 @@ gradient skips the optimizer step; the runner counts and logs it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from opdkit.checkpoint import seeded
 from opdkit.data import batches
+from opdkit.distributed import student_head
 from opdkit.diagnostics import entropy_gap, response_diagnostics
 from opdkit.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives import group_advantages
-from opdkit.packing import pack, pad_rows, response_hidden
+from opdkit.packing import pack, pad_rows
 from opdkit.profile import PhaseTimer
 from opdkit.rewards import make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs, TeacherScores
 from opdkit.session import Session
-from opdkit.teachers import head_of
 
 
 class TrainingError(RuntimeError):
@@ -35,18 +37,24 @@ class TrainingError(RuntimeError):
 
 # ----------------------------------------------------------------------------- responses
 
-def collect(s: Session, items: list) -> Rollouts:
-    """Responses for one step's prompts (G per prompt); `meta` holds each response's example."""
+def collect(s: Session, items: list, salt: int | None = None, first: int = 0) -> Rollouts:
+    """Responses for one step's prompts (G per prompt); `meta` holds each response's example.
+
+    With `salt`, each micro-batch samples under the seed salt + the global index of its first
+    response (`first` is that of items[0]), so a response does not depend on which rank drew it.
+    """
     cfg = s.cfg
     group = cfg.rollout.samples_per_prompt if cfg.mode != "sft" else 1
     expanded = [it for it in items for _ in range(group)]
     if cfg.mode == "sft":
         return sft_targets(s, expanded)
-    model = s.rollout_model()
-    parts = [s.sampler.sample(model, [it.prompt_ids for it in chunk], max_new_tokens=cfg.rollout.max_new_tokens,
-                              temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              record_topk=cfg.rollout.record_topk)
-             for chunk in batches(expanded, cfg.optim.micro_batch)]
+    model, parts = s.rollout_model(), []
+    for i, chunk in enumerate(batches(expanded, cfg.optim.micro_batch)):
+        seed = None if salt is None else salt + first * group + i * cfg.optim.micro_batch
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            parts.append(s.sampler.sample(model, [it.prompt_ids for it in chunk],
+                                          max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                          top_p=cfg.rollout.top_p, record_topk=cfg.rollout.record_topk))
     out = Rollouts.concat(parts)
     out.meta = [it.example for it in expanded]
     return out
@@ -115,10 +123,17 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
         ids=packed.response_ids,
         behaviour_logprobs=pad_rows(rollouts.sampler_logprobs[rows], width).to(device) if s.cfg.mode != "sft" else None,
         advantages=None if advantages is None else advantages[rows].to(device).unsqueeze(-1).expand(-1, width).contiguous())
-    with timer("teacher"):
-        teacher = s.teacher.score(rollouts.meta[rows], responses) if s.needs_teacher else None
+    teacher = None
+    if s.needs_teacher:
+        shares_student = s.teacher.model() is s.student         # live / LoRA self-teacher: FSDP must gather
+        with timer("teacher"), s.dist.full_weights() if shares_student else contextlib.nullcontext():
+            teacher = s.teacher.score(rollouts.meta[rows], responses)
+        if isinstance(teacher, TeacherScores):        # a served teacher: top-k scores instead of hidden states
+            scores = {k: None if v is None else v.to(device) for k, v in vars(teacher).items()}
+            inputs = replace(inputs, teacher=TeacherScores(**scores))
+            teacher = None
     with timer("student_forward"):      # the chunked path also forms the lm-head gradient here
-        head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
+        head = student_head(s, packed)
         weights = mask / step_tokens
         if s.cfg.objective.chunked:
             result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher,
@@ -146,24 +161,28 @@ class StepOutcome:
 def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | None = None) -> StepOutcome:
     cfg, t0 = s.cfg, time.perf_counter()
     timer = timer or PhaseTimer()
+    salt = int(torch.randint(0, 2**31, ()))         # the same on every rank: the global RNG is not used by sampling
     with timer("rollout"):
-        items = stream.take(cfg.optim.prompts_per_step)
-        rollouts = collect(s, items)
+        items, first = s.dist.shard(stream.take(cfg.optim.prompts_per_step))
+        with s.dist.full_weights():
+            rollouts = collect(s, items, salt, first)
         texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
         rewards = answer_rewards(s, rollouts, texts)
     advantages, reward_metrics = advantages_for(s, rewards)
     width = max(1, max(len(r) for r in rollouts.response_ids))
     special = set(s.report.masked_special_ids) if cfg.objective.mask_special else set()
     keep = first_special_mask(rollouts.response_ids, special, width) if special else None
-    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
     masked = 0 if keep is None else int((keep == 0).sum())
-    step_tokens = torch.tensor(max(1.0, float(lengths.sum()) - masked))
+    local_tokens = sum(len(r) for r in rollouts.response_ids) - masked
+    step_tokens = torch.tensor(max(1.0, s.dist.sum([local_tokens])[0]))   # sync: the global token count
     s.student.train()
     losses, sums, counts = [], {}, []
-    for rows in _row_slices(len(rollouts), cfg.optim.micro_batch):
+    slices = _row_slices(len(rollouts), cfg.optim.micro_batch)
+    for i, rows in enumerate(slices):
         sub_keep = None if keep is None else keep[rows]
-        result, mask = micro_batch_loss(s, rollouts, rows, None if sub_keep is None else sub_keep[:, :_width(rollouts, rows)],
-                                        advantages, step_tokens, timer)
+        with s.dist.accumulate(s.scorer, last=i == len(slices) - 1):
+            result, mask = micro_batch_loss(s, rollouts, rows, None if sub_keep is None else sub_keep[:, :_width(rollouts, rows)],
+                                            advantages, step_tokens, timer)
         with timer("diagnostics"):      # kept as tensors: one host sync per step, not one per metric
             losses.append(result.loss.detach())
             counts.append(mask.sum())
@@ -172,7 +191,11 @@ def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | Non
                 sums.setdefault(k, []).append((v * mask).sum())
     s.student.eval()
     with timer("optimizer"):
-        loss_total = float(torch.stack(losses).sum())
+        keys = sorted(sums)                           # sync: global loss and token sums, in one transfer
+        local = torch.stack([torch.stack(losses).sum(), torch.stack(counts).sum()] +
+                            [torch.stack(sums[k]).sum() for k in keys]).double().tolist()
+        loss_total, counts, *values = s.dist.sum(local)
+        sums = dict(zip(keys, values))
         grad_norm = _grad_norm(s.student, cfg.optim.max_grad_norm)
         finite = math.isfinite(loss_total) and math.isfinite(grad_norm)
         if finite:
@@ -180,40 +203,62 @@ def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | Non
             scheduler.step()
             if s.teacher is not None:
                 s.teacher.after_step(s.student)
+            if hasattr(s.sampler, "sync_weights"):           # vLLM holds its own copy of the student
+                with s.dist.full_weights():
+                    s.sampler.sync_weights(s.student)
         optimizer.zero_grad(set_to_none=True)
     with timer("diagnostics"):
-        responses, token_means = _step_diagnostics(s, rollouts, texts, lengths, sums, counts)
-        if cfg.run.check:
-            from opdkit.rewards import make_check
-            check = make_check(cfg.run.check)
-            reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
-        if rewards is not None:
-            reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
+        responses, token_means, lengths, masked = _step_diagnostics(s, rollouts, texts, rewards, masked, sums, counts,
+                                                                    reward_metrics, advantages)
     metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
                "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
                "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
                "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
                **timer.metrics(), "time/step_s": time.perf_counter() - t0,
-               **reward_metrics, **{f"diag/{k}": v for k, v in responses.items()},
+               **reward_metrics, **getattr(s.sampler, "metrics", {}), **{f"diag/{k}": v for k, v in responses.items()},
                **{f"diag/{k}": v for k, v in token_means.items()}}
-    return StepOutcome(metrics, finite, texts)
+    # Every rank logs nothing but acts on these (guard, non-finite stop): one set for all. The
+    # sums above are already global; rank 0's timings and sampler mismatch stand for the rest.
+    return StepOutcome(s.dist.broadcast(metrics), finite, texts)
 
 
-def _step_diagnostics(s: Session, rollouts: Rollouts, texts: list[str], lengths: torch.Tensor, sums: dict,
-                      counts: list) -> tuple[dict, dict]:
-    """Response-level diagnostics and the token diagnostics' means over the step's loss tokens."""
+def _step_diagnostics(s: Session, rollouts: Rollouts, texts: list[str], rewards, masked: int, sums: dict, counts: float,
+                      reward_metrics: dict, advantages) -> tuple[dict, dict, torch.Tensor, int]:
+    """Response-level diagnostics over every rank's responses and the token diagnostics' means.
+
+    Adds rule rate, accuracy and (multi-rank GRPO) global reward statistics to reward_metrics.
+    """
     cfg = s.cfg
+    rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)
+    if advantages is not None and s.dist.world > 1:
+        reward_metrics.update(advantages_for(s, rewards)[1])     # reward/mean, std over every rank's responses
+    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
     if cfg.run.diagnostics:
         responses = response_diagnostics(rollouts.response_ids, texts, rollouts.finished, cfg.rollout.max_new_tokens,
                                          tuple(cfg.run.hedge_words))
     else:
         responses = {"length_mean": float(lengths.mean()), "eos_rate": sum(rollouts.finished) / len(rollouts)}
-    count = max(float(torch.stack(counts).sum()), 1.0)
-    token_means = {k: float(torch.stack(v).sum()) / count for k, v in sums.items()}
+    if cfg.run.check:
+        from opdkit.rewards import make_check
+        check = make_check(cfg.run.check)
+        reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
+    if rewards is not None:
+        reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
+    token_means = {k: v / max(counts, 1.0) for k, v in sums.items()}
     if "p_k" in token_means and token_means.get("q_k", 0) > 0:
         # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0
         token_means["pk_qk_ratio"] = token_means["p_k"] / token_means["q_k"]
-    return responses, token_means
+    return responses, token_means, lengths, masked
+
+
+def _global_view(s: Session, rollouts: Rollouts, texts: list[str], rewards: list[float] | None, masked: int):
+    """Every rank's responses (ids, finished), texts, rewards and masked count, for the step metrics."""
+    if s.dist.world == 1:
+        return rollouts, texts, rewards, masked
+    ids, finished = s.dist.gather(rollouts.response_ids), s.dist.gather(rollouts.finished)
+    texts = s.dist.gather(texts)
+    rewards = None if rewards is None else s.dist.gather(rewards)
+    return Rollouts([], ids, [], finished), texts, rewards, int(s.dist.sum([masked])[0])
 
 
 def _row_slices(n: int, size: int) -> list[slice]:
@@ -229,8 +274,10 @@ def _grad_norm(model, max_norm: float) -> float:
     if not params:
         return 0.0
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params])))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)     # FSDP2: a DTensor
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -248,9 +295,11 @@ def adamw(params: list, **options) -> torch.optim.AdamW:
     Measured on a 61M-parameter CPU model (BENCHMARKS.md): the default (foreach) step takes
     ~6x the time of the fused one and allocates parameter-sized temporaries that raise peak
     RSS by ~210 MiB. The update is the same algorithm; results agree to float rounding.
+    FSDP2's sharded (DTensor) parameters keep the default implementation.
     """
     devices = {p.device.type for p in params}
-    if len(devices) == 1 and devices <= {"cpu", "cuda"}:
+    sharded = any(hasattr(p, "device_mesh") for p in params)
+    if len(devices) == 1 and devices <= {"cpu", "cuda"} and not sharded:
         try:
             return torch.optim.AdamW(params, fused=True, **options)
         except (RuntimeError, ValueError):       # a dtype or device the fused kernel does not take
