@@ -5,9 +5,10 @@
 Mirrors the TRL anchor (../shared/anchors/bench_distill.py) setting for setting: teacher =
 the model in DIR, student = its layers 0, 3, 6, ... (every third), the anchor's 64 arithmetic
 prompts in chat form, 4 prompts per step, one response each, 64 new tokens at T = 1 with
-no top-k / top-p, AdamW at lr 1e-6. The step is opdkit's own `Runner.one_step` (guard and
-diagnostics on, as a user runs it); steps are driven one by one so no checkpoint is written
-(TRL's arm saves none either). Writes a JSON summary in the anchor's field names.
+no top-k / top-p, AdamW at lr 1e-6. The step is opdkit's own `Runner.one_step` with its
+diagnostics on; the guard is off (the layer-dropped student starts looping within a few
+steps and the guard would stop the run: RESULTS.md (e)). The loop stops before the final
+checkpoint (TRL's arm saves none either). Writes a JSON summary in the anchor's field names.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def main() -> None:
         f"data.train={prompts}", "optim.prompts_per_step=4", "optim.micro_batch=4", "rollout.max_new_tokens=64",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "optim.lr=1e-6", f"optim.steps={args.steps + 1000}",
         f"objective.name={args.objective}", *options, "run.progress=false", "run.sample_every=0", f"run.out={work / 'run'}",
+        "guard.enabled=false",     # TRL has none; and the layer-dropped student loops, which the guard would stop
         *args.set])
     s = build_session(cfg)
     rss_models = rss_now_mib()
