@@ -107,3 +107,22 @@ def test_warn_action_logs_and_continues(tiny_dir, tmp_path):
     assert len(run(cfg)) == 4
     alarms = [e for e in _events(tmp_path / "r") if e["event"] == "alarm"]
     assert [(a["rule"], a["step"], a["onset"]) for a in alarms] == [("late", 3, 2)]
+
+
+def test_mass_drain_rule_is_retired_once_its_remedy_objective_is_in_use(tiny_dir, tmp_path):
+    """Under topk_rkl_tail, P_K moves to the teacher's Q_K by design: the drain rule must not fire."""
+    from opdkit.runner import Runner
+    from opdkit.session import build_session
+    names = {}
+    for objective in ("topk_rkl_unnorm", "topk_rkl_tail"):
+        cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / objective, **{
+            "model.teacher": tiny_dir / "teacher", "objective.name": objective}))
+        (tmp_path / objective).mkdir()
+        runner = Runner(build_session(cfg), tmp_path / objective)
+        names[objective] = {r.name for r in runner.guard.rules}
+        if objective == "topk_rkl_unnorm":
+            runner.retire_rules_fixed_by("topk_rkl_tail")          # what a rollback's switch does
+            assert "topk_mass_drain" not in {r.name for r in runner.guard.rules}
+    assert "topk_mass_drain" in names["topk_rkl_unnorm"]
+    assert "topk_mass_drain" not in names["topk_rkl_tail"]
+    assert "repeat_loops" in names["topk_rkl_tail"]                  # other rules stay

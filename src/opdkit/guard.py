@@ -37,6 +37,9 @@ class Rule:
     action: str = "warn"
     lr_factor: float = 1.0
     switch_objective: str = ""
+    # True for rules about a failure of other objectives: once `switch_objective` is in use
+    # (from the start or after a rollback) the rule is dropped (Runner.retire_rules_fixed_by).
+    retire_when_switched: bool = False
     why: str = ""
 
     def __post_init__(self):
@@ -50,7 +53,7 @@ class Rule:
 
 DEFAULT_RULES = [
     Rule("topk_mass_drain", "diag/p_k", below_rel=0.85, window=3, patience=3, action="rollback",
-         lr_factor=0.5, switch_objective="topk_rkl_tail",
+         lr_factor=0.5, switch_objective="topk_rkl_tail", retire_when_switched=True,
          why="the student's mass leaves its own top-K (the biased '+1' gradient of unnormalised top-K RKL)"),
     # Absolute, not relative: a student that loops from its first steps has a looping baseline
     # (SmolLM2's 10-layer student: 0.6 over steps 1-5), and a relative bound would never fire.

@@ -73,6 +73,7 @@ class Runner:
         self.optimizer, self.scheduler = make_optimizer(s)
         g = self.cfg.guard
         self.guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable) if g.enabled else None
+        self.retire_rules_fixed_by(s.objective_name)
         self.step, self.bad_streak, self.rollbacks = 0, 0, 0
         self.changes: dict = {}          # what the guard changed: {"lr_scale": f, "objective": name}
         self.rows: list[dict] = []
@@ -106,6 +107,7 @@ class Runner:
         self.rollbacks, self.changes = state.get("rollbacks", 0), dict(state.get("changes", {}))
         if self.changes.get("objective"):
             switch_objective(self.s, self.changes["objective"])
+            self.retire_rules_fixed_by(self.changes["objective"])
         if self.guard is not None and state.get("guard"):
             self.guard.load_state_dict(state["guard"])
         self.log.truncate_after(self.step)
@@ -141,7 +143,7 @@ class Runner:
                 self.one_step()
         finally:
             self.bar.close()
-        if cfg.run.profile and self.rows:
+        if cfg.run.profile and self.rows and self.s.dist.main:
             print(format_breakdown(breakdown(self.rows), max(1, len(self.rows) - 1)))
         return self.rows
 
@@ -230,6 +232,19 @@ class Runner:
         raise GuardStopped(describe_alarm(alarm) + (f"; {reason}" if reason else "") +
                            f". Checkpoint saved at step {self.step}; see {self.log.events}")
 
+    def retire_rules_fixed_by(self, objective: str) -> None:
+        """Drop rules marked retire_when_switched whose remedy is `objective`, once it is in use.
+
+        Such a rule watches for a failure of other objectives (topk_mass_drain: the biased
+        gradient of unnormalised top-K drains P_K). Under its remedy the watched metric has a
+        different, sound fixed point (the tail objective moves P_K to the teacher's Q_K, which
+        may sit below the start), so the same bound would raise false alarms and roll back
+        again and again.
+        """
+        if self.guard is not None:
+            self.guard.rules = [r for r in self.guard.rules
+                                if not (r.retire_when_switched and r.switch_objective == objective)]
+
     def rollback(self, alarm: Alarm) -> bool:
         healthy = [p for p in checkpoint.completed(self.run_dir) if int(p.name.split("_")[1]) < alarm.onset]
         if self.rollbacks >= self.cfg.guard.max_rollbacks:
@@ -247,6 +262,7 @@ class Runner:
         if rule.switch_objective and rule.switch_objective != self.s.objective_name:
             switch_objective(self.s, rule.switch_objective)
             self.changes["objective"] = rule.switch_objective
+            self.retire_rules_fixed_by(rule.switch_objective)
         torch.manual_seed(self.cfg.run.seed + 7919 * self.rollbacks)   # a replay must not repeat the same samples
         self.guard.reset_tracks()
         self.log.event(self.step, "rollback", rule=alarm.rule, from_step=failed_at, to_step=self.step,
