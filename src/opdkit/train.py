@@ -209,8 +209,9 @@ def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | Non
                     s.sampler.sync_weights(s.student)
         optimizer.zero_grad(set_to_none=True)
     with timer("diagnostics"):
-        responses, token_means, lengths, masked = _step_diagnostics(s, rollouts, texts, rewards, masked, sums, counts,
-                                                                    reward_metrics, advantages)
+        rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)   # texts: every rank's
+        responses, token_means, lengths = _step_diagnostics(s, rollouts, texts, rewards, sums, counts,
+                                                            reward_metrics, advantages)
     metrics = {"train/loss": loss_total, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
                "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
                "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
@@ -223,14 +224,13 @@ def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | Non
     return StepOutcome(s.dist.broadcast(metrics), finite, texts)
 
 
-def _step_diagnostics(s: Session, rollouts: Rollouts, texts: list[str], rewards, masked: int, sums: dict, counts: float,
-                      reward_metrics: dict, advantages) -> tuple[dict, dict, torch.Tensor, int]:
-    """Response-level diagnostics over every rank's responses and the token diagnostics' means.
+def _step_diagnostics(s: Session, rollouts: Rollouts, texts: list[str], rewards, sums: dict, counts: float,
+                      reward_metrics: dict, advantages) -> tuple[dict, dict, torch.Tensor]:
+    """Response-level diagnostics over the step's responses (every rank's) and the token means.
 
     Adds rule rate, accuracy and (multi-rank GRPO) global reward statistics to reward_metrics.
     """
     cfg = s.cfg
-    rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)
     if advantages is not None and s.dist.world > 1:
         reward_metrics.update(advantages_for(s, rewards)[1])     # reward/mean, std over every rank's responses
     lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float32)
@@ -249,7 +249,7 @@ def _step_diagnostics(s: Session, rollouts: Rollouts, texts: list[str], rewards,
     if "p_k" in token_means and token_means.get("q_k", 0) > 0:
         # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0
         token_means["pk_qk_ratio"] = token_means["p_k"] / token_means["q_k"]
-    return responses, token_means, lengths, masked
+    return responses, token_means, lengths
 
 
 def _global_view(s: Session, rollouts: Rollouts, texts: list[str], rewards: list[float] | None, masked: int):
