@@ -14,29 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors"
-
-
-def rss_now_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * 4096 / 2**20
-
-
-def rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def anchor_prompts(anchors: Path, n: int = 64) -> list[str]:
-    """The anchor's prompts (user turns), so both arms see the same questions in the same order."""
-    sys.path.insert(0, str(anchors))
-    from common import arithmetic_prompts     # noqa: E402  (the anchor's own module)
-    return [chat[0]["content"] for chat in arithmetic_prompts(n)]
 
 
 def main() -> None:
@@ -51,7 +34,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
-    import torch  # noqa: F401  (counted in the post-import baseline, as in the anchor)
+    # The anchor's own module: its prompts and RSS readings, so both sides measure alike
+    # (it imports torch and transformers, counted in the post-import baseline as in the anchor).
+    sys.path.insert(0, str(args.anchors))
+    from common import arithmetic_prompts, rss_now_mib, rss_peak_mib
     from opdkit.config import load_config
     from opdkit.runner import Runner
     from opdkit.session import build_session
@@ -59,7 +45,8 @@ def main() -> None:
     work = args.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     prompts = work / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in anchor_prompts(args.anchors)))
+    questions = [chat[0]["content"] for chat in arithmetic_prompts(64)]       # the anchor's user turns, in order
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in questions))
     options = [f"objective.options={{beta: {args.beta}}}"] if args.beta is not None else []
     cfg = load_config("distill", overrides=[
         f"model.student={args.model_dir}", f"model.teacher={args.model_dir}", f"model.drop_layers_every={args.drop_every}",
@@ -79,7 +66,7 @@ def main() -> None:
     runner.loop(until=args.steps)
     train_s = time.perf_counter() - t0
     flops = [train_flops(s, step) for step in shapes]
-    write_summary(args, runner.rows, rss0, rss_models, train_s, flops)
+    write_summary(args, runner.rows, rss0, rss_models, rss_peak_mib(), train_s, flops)
 
 
 def record_packed_shapes() -> list[list[tuple[int, int, int]]]:
@@ -129,7 +116,8 @@ def train_flops(s, micro_batches: list[tuple[int, int, int]]) -> float:
     return total
 
 
-def write_summary(args, rows: list[dict], rss0: float, rss_models: float, train_s: float, flops: list[float]) -> None:
+def write_summary(args, rows: list[dict], rss0: float, rss_models: float, rss_peak: float, train_s: float,
+                  flops: list[float]) -> None:
     measured = rows[1:]                          # step 1 excluded, as in the anchor
     train_phase = [r["time/teacher_s"] + r["time/student_forward_s"] + r["time/backward_s"] for r in measured]
     wall = [r["time/step_s"] for r in measured]
@@ -147,7 +135,7 @@ def write_summary(args, rows: list[dict], rss0: float, rss_models: float, train_
         "loss_all": [r["train/loss"] for r in rows], "final_loss": rows[-1]["train/loss"],
         "train_phase_flops_per_step": flops[1:], "train_phase_s": train_phase,
         "train_phase_gflops_per_s": sum(flops[1:]) / sum(train_phase) / 1e9,
-        "rss_baseline_mib_before_models": rss0, "rss_after_models_mib": rss_models, "peak_rss_mib": rss_peak_mib(),
+        "rss_baseline_mib_before_models": rss0, "rss_after_models_mib": rss_models, "peak_rss_mib": rss_peak,
         "train_runtime_s": train_s,
     }
     args.out.write_text(json.dumps({"summary": summary, "per_step": rows}, indent=1, default=str))

@@ -137,7 +137,10 @@ def main() -> None:
     for pair, models in pairs.items():
         if args.only and args.only != pair:
             continue
-        (ensure_smol if pair == "smol" else lambda d, e: ensure_tiny(d))(models, env)
+        if pair == "smol":
+            ensure_smol(models, env)
+        else:
+            ensure_tiny(models)
         pair_env = {**env, "SMOL_HF_DIR": str(models)}
         chosen = arms(str(models), args.steps, args.out)
         if args.arms:
