@@ -1,38 +1,13 @@
-"""Alignment convention, selective log-softmax, and the chunked path equal to the plain one."""
+"""Selective log-softmax, and the chunked path equal to the plain one."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from opdkit.logprobs import Head, align_next_token, chunked_objective_loss, objective_loss, selective_log_softmax
+from opdkit.logprobs import Head, chunked_objective_loss, objective_loss, selective_log_softmax
 from opdkit.objectives import OBJECTIVES, make_objective
 from opdkit.reduction import token_mean, token_weights
 from opdkit.scores import ObjectiveInputs, TeacherScores
-
-
-def test_alignment_reproduces_the_hf_causal_lm_loss():
-    """Output t scores token t+1: our NLL over response tokens equals transformers' own labels= loss."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    input_ids = torch.randint(0, 64, (2, 10))
-    response_mask = torch.zeros(2, 10, dtype=torch.long)
-    response_mask[0, 4:] = 1
-    response_mask[1, 6:9] = 1                                   # last token is padding
-    labels = input_ids.masked_fill(response_mask == 0, -100)
-    with torch.no_grad():
-        out = model(input_ids, labels=labels)
-        logits, targets, mask = align_next_token(out.logits, input_ids, response_mask)
-        ours = token_mean(-selective_log_softmax(logits, targets), mask)
-    torch.testing.assert_close(ours, out.loss, rtol=1e-5, atol=1e-6)
-
-
-def test_align_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="must share"):
-        align_next_token(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4))
 
 
 def test_selective_log_softmax_equals_gather_of_log_softmax():

@@ -1,4 +1,4 @@
-"""Sampler, packing, teachers and layer dropping on tiny real HF models."""
+"""Sampler, teachers and layer dropping on tiny real HF models."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,8 @@ import torch
 
 from opdkit.data import Example, messages, render
 from opdkit.lab.tiny import build_model, build_tokenizer
-from opdkit.logprobs import align_next_token
 from opdkit.models import keep_every_nth_layer
-from opdkit.packing import pack, pad_rows, response_hidden
+from opdkit.forward import pack, pad_rows, response_hidden
 from opdkit.rollout import HFSampler, response_length
 from opdkit.teachers import PromptRenderer, SelfTeacher
 
@@ -67,17 +66,6 @@ def test_response_length_stops_at_first_eos():
     assert response_length(torch.tensor([5, 6, 2, 0, 0]), eos_id=2, pad_id=0) == 3
     assert response_length(torch.tensor([5, 6, 7]), eos_id=2, pad_id=0) == 3
     assert response_length(torch.tensor([2, 2, 2]), eos_id=2, pad_id=2) == 1
-
-
-def test_pack_positions_agree_with_align_next_token(pair):
-    tok, model = pair
-    prompt, responses = [1, 5, 7], [[9, 10, 11], [12, 13, 14]]
-    packed = pack([prompt, prompt], responses, tok.pad_token_id)
-    hidden = model.get_decoder()(input_ids=packed.input_ids).last_hidden_state
-    mask = torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)
-    shifted, ids, scored = align_next_token(hidden, packed.input_ids, mask)
-    torch.testing.assert_close(response_hidden(model, packed), shifted[:, 2:])
-    assert torch.equal(ids[:, 2:], packed.response_ids) and torch.equal(scored[:, 2:].float(), packed.response_mask)
 
 
 def test_dropped_layers_keep_the_kv_cache_consistent():

@@ -5,7 +5,7 @@
         --nproc-per-node 8 -m opdkit.cli distill --config run.yaml      (see docs/scaling.md)
 
 `setup(session)` starts the process group when torchrun set WORLD_SIZE > 1 (NCCL on GPUs,
-gloo on CPU) and wraps the student's training forward (`Scorer`) in DDP or FSDP2
+gloo on CPU) and wraps the student's training forward (`opdkit.forward.StudentForward`) in DDP or FSDP2
 (`fully_shard` per decoder layer, then the root). A single process is the world-size-1
 case of the same code: `Dist()` with identity reductions.
 
@@ -38,34 +38,8 @@ import torch.distributed as dist
 from torch import nn
 
 from opdkit.config import ConfigError
-from opdkit.logprobs import Head
-from opdkit.packing import Packed
 
 STRATEGIES = ("ddp", "fsdp")
-
-
-class Scorer(nn.Module):
-    """The student's training forward: hidden states at response positions and its lm-head.
-
-    DDP and FSDP2 hook a module's forward; the chunked objective reads the lm-head weight
-    outside the model's own forward, so the wrapper returns it from inside one.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, positions):
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        head = self.model.get_output_embeddings()
-        return hidden.gather(1, index), head.weight, head.bias       # (N, R, H), (V, H), (V,) | None
-
-
-def student_head(s, packed: Packed) -> Head:
-    """The student's `Head` for a packed micro-batch, through the (possibly wrapped) Scorer."""
-    hidden, weight, bias = s.scorer(packed.input_ids, packed.attention_mask, packed.positions)
-    return Head(hidden, weight[:s.vocab], None if bias is None else bias[:s.vocab])
 
 
 @dataclass
@@ -117,11 +91,11 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def accumulate(self, scorer: nn.Module, last: bool):
+    def accumulate(self, forward: nn.Module, last: bool):
         """Gradient sync only on the step's last micro-batch (DDP would otherwise re-reduce
         already reduced gradients with the sum hook; FSDP2 saves the extra reduce-scatters)."""
         if self.strategy == "ddp" and not last:
-            return scorer.no_sync()
+            return forward.no_sync()
         if self.strategy == "fsdp":
             for m in self.fsdp_modules:
                 m.set_requires_gradient_sync(last)
@@ -153,7 +127,7 @@ def _sum_hook(_state, bucket):
 
 
 def setup(s, strategy: str = "ddp") -> Dist:
-    """Join the torchrun job (if any), place the models and wrap the student's Scorer."""
+    """Join the torchrun job (if any), place the models and wrap the student's training forward."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         s.dist = Dist()
@@ -186,19 +160,19 @@ def setup(s, strategy: str = "ddp") -> Dist:
     d = Dist(rank, world, strategy)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
-        s.scorer = DistributedDataParallel(s.scorer, broadcast_buffers=False)
-        s.scorer.register_comm_hook(None, _sum_hook)
+        s.student_forward = DistributedDataParallel(s.student_forward, broadcast_buffers=False)
+        s.student_forward.register_comm_hook(None, _sum_hook)
     else:
         from torch.distributed.fsdp import FSDPModule, fully_shard
         for layer in s.student.get_decoder().layers:
             fully_shard(layer)
         # The root keeps its parameters (embeddings, lm-head) gathered from forward to backward:
         # the lm-head weight it returns is used by the chunked objective after the forward.
-        fully_shard(s.scorer, reshard_after_forward=False)
+        fully_shard(s.student_forward, reshard_after_forward=False)
         # Forwards outside the root (generate, evaluation) must not make a layer its own root:
         # initialise the root's state now, as its first forward would.
-        s.scorer._get_fsdp_state()._lazy_init()
-        d.fsdp_modules = [m for m in s.scorer.modules() if isinstance(m, FSDPModule)]
+        s.student_forward._get_fsdp_state()._lazy_init()
+        d.fsdp_modules = [m for m in s.student_forward.modules() if isinstance(m, FSDPModule)]
         for m in d.fsdp_modules:
             m.set_gradient_divide_factor(1.0)            # sum, like the DDP hook
             m.set_force_sum_reduction_for_comms(True)    # gloo has no PREMUL_SUM
@@ -214,13 +188,13 @@ def teardown() -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _unwrapped(scorer: nn.Module) -> nn.Module:
-    return scorer.module if hasattr(scorer, "no_sync") else scorer
+def _unwrapped(forward: nn.Module) -> nn.Module:
+    return forward.module if hasattr(forward, "no_sync") else forward
 
 
 def _fsdp_student_state(s) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    state = get_model_state_dict(s.scorer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(s.student_forward, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k[len("model."):]: v for k, v in state.items()}     # rank 0 only; empty elsewhere
 
 
@@ -229,7 +203,7 @@ def optimizer_state(s, optimizer) -> dict:
     if s.dist.strategy != "fsdp":
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    full = get_optimizer_state_dict(s.scorer, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = get_optimizer_state_dict(s.student_forward, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not s.dist.main:
         return {}
     index = {name: i for i, name in enumerate(_param_names(s, optimizer))}
@@ -238,8 +212,8 @@ def optimizer_state(s, optimizer) -> dict:
 
 
 def _param_names(s, optimizer) -> list[str]:
-    """Scorer-relative names of the optimizer's parameters, in optimizer order."""
-    names = {id(p): n for n, p in _unwrapped(s.scorer).named_parameters()}
+    """StudentForward-relative names of the optimizer's parameters, in optimizer order."""
+    names = {id(p): n for n, p in _unwrapped(s.student_forward).named_parameters()}
     return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
@@ -267,12 +241,12 @@ def load(s, path: Path, modules: dict, optimizer) -> dict:
     state = checkpoint.load(path, {k: v for k, v in modules.items() if k != "student"})
     weights = load_file(str(Path(path) / "student.safetensors"))
     full = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(s.scorer, {f"model.{k}": v for k, v in weights.items()}, options=full)
+    set_model_state_dict(s.student_forward, {f"model.{k}": v for k, v in weights.items()}, options=full)
     names = _param_names(s, optimizer)
     saved = state["optimizer"]
     by_name = {"state": {names[i]: v for i, v in saved["state"].items()},
                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
-    set_optimizer_state_dict(s.scorer, optimizer, by_name, options=full)
+    set_optimizer_state_dict(s.student_forward, optimizer, by_name, options=full)
     return state
 
 

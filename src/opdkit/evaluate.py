@@ -15,12 +15,12 @@ from opdkit.data import batches
 from opdkit.diagnostics import hedge_rate
 from opdkit.logprobs import chunked_objective_loss
 from opdkit.objectives import make_objective
-from opdkit.packing import pack, response_hidden
+from opdkit.forward import model_head, pack
 from opdkit.rewards import make_check, make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs
 from opdkit.session import Session, load_items
-from opdkit.teachers import LocalTeacher, PromptRenderer, SelfTeacher, head_of
+from opdkit.teachers import PromptRenderer, SelfTeacher, Teacher
 
 
 def eval_items(s: Session) -> list:
@@ -57,7 +57,7 @@ def answer_metrics(s: Session, rollouts: Rollouts, items: list) -> dict:
 
 
 @torch.no_grad()
-def score_responses(s: Session, teacher: LocalTeacher, rollouts: Rollouts, objective) -> tuple[dict[str, float], float]:
+def score_responses(s: Session, teacher: Teacher, rollouts: Rollouts, objective) -> tuple[dict[str, float], float]:
     """Token means of the objective's per-token loss (key "loss") and of each metric it reports,
     on the given responses scored by `teacher`; and the number of tokens."""
     sums, tokens = {}, 0.0
@@ -65,9 +65,8 @@ def score_responses(s: Session, teacher: LocalTeacher, rollouts: Rollouts, objec
     for rows in [slice(i, i + size) for i in range(0, len(rollouts), size)]:
         responses = rollouts.response_ids[rows]
         packed = pack(rollouts.prompt_ids[rows], responses, s.tokenizer.pad_token_id)
-        head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
-        result = chunked_objective_loss(objective, head, ObjectiveInputs(packed.response_ids), packed.response_mask,
-                                        teacher=teacher.score(rollouts.meta[rows], responses))
+        inputs = ObjectiveInputs(packed.response_ids, teacher.score(rollouts.meta[rows], responses))
+        result = chunked_objective_loss(objective, model_head(s.student, packed, s.vocab), inputs, packed.response_mask)
         mask = packed.response_mask
         tokens += float(mask.sum())
         for key, value in {"loss": result.per_token, **result.metrics}.items():
@@ -75,7 +74,7 @@ def score_responses(s: Session, teacher: LocalTeacher, rollouts: Rollouts, objec
     return {key: value / max(tokens, 1.0) for key, value in sums.items()}, tokens
 
 
-def teacher_kl(s: Session, teacher: LocalTeacher, rollouts: Rollouts) -> float:
+def teacher_kl(s: Session, teacher: Teacher, rollouts: Rollouts) -> float:
     """Token-mean full-vocabulary KL(student || teacher) on the given responses (0 without tokens)."""
     means, _ = score_responses(s, teacher, rollouts, make_objective("rkl"))
     return means.get("loss", 0.0)
@@ -87,7 +86,7 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
     items = eval_items(s) if items is None else items
     with seeded(seed):
         out = answer_metrics(s, _generate(s, items, greedy=True), items)
-        if isinstance(s.teacher, LocalTeacher):      # a served teacher has neither full log-probs nor local weights
+        if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
             out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False))
             if teacher_side:
                 with torch.no_grad(), s.teacher.context():

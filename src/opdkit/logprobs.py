@@ -1,9 +1,7 @@
-"""Log-probabilities done once and right: alignment, selective log-softmax, chunked objectives.
+"""Log-probabilities done once and right: selective log-softmax and the chunked objective path.
 
-Alignment convention (the one place it lives): a causal LM's output at position t scores
-the token at position t + 1. `align_next_token` turns (outputs over the full sequence,
-input ids, response mask) into (outputs that score something, the ids they score, the
-mask of positions whose scored token is a response token).
+The alignment convention (output t scores token t + 1) lives with the forward passes in
+`opdkit.forward`; everything here receives hidden states already at the scoring positions.
 
 The chunked path takes hidden states and lm-head weights instead of logits and runs any
 objective over row chunks, so the (N, T, V) fp32 logits never exist at once. It computes
@@ -20,22 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from opdkit.scores import ObjectiveInputs, ObjectiveOutput
+from opdkit.scores import Head, ObjectiveInputs, ObjectiveOutput
+
+__all__ = ["Head", "ObjectiveResult", "objective_loss", "chunked_objective_loss", "default_chunk_size",
+           "selective_log_softmax"]
 
 Objective = Callable[[Tensor, ObjectiveInputs], ObjectiveOutput]
-
-
-def align_next_token(outputs: Tensor, input_ids: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(outputs[:, :-1], input_ids[:, 1:], response_mask[:, 1:]).
-
-    outputs: (N, L, ...) logits or hidden states over the whole sequence (prompt + response).
-    input_ids, response_mask: (N, L); response_mask is 1 on response tokens (not prompt, not pad).
-    Output position t scores token t + 1, so the mask is taken from the scored tokens.
-    """
-    if outputs.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
-        raise ValueError(f"outputs {tuple(outputs.shape[:2])}, input_ids {tuple(input_ids.shape)} and "
-                         f"response_mask {tuple(response_mask.shape)} must share (N, L)")
-    return outputs[:, :-1], input_ids[:, 1:], response_mask[:, 1:]
 
 
 def selective_log_softmax(logits: Tensor, ids: Tensor) -> Tensor:
@@ -50,23 +38,6 @@ def selective_log_softmax(logits: Tensor, ids: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Head:
-    """Hidden states and the lm-head that turns them into logits: logits = (h W^T + b) / T."""
-
-    hidden: Tensor              # (..., H)
-    weight: Tensor              # (V, H)
-    bias: Tensor | None = None  # (V,)
-    temperature: float = 1.0
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        return self.scale(F.linear(hidden, self.weight, self.bias))
-
-    def scale(self, logits: Tensor) -> Tensor:
-        """Divide by the temperature; at T = 1 return the same tensor (no (C, V) copy)."""
-        return logits if self.temperature == 1.0 else logits / self.temperature
-
-
-@dataclass(frozen=True)
 class ObjectiveResult:
     loss: Tensor                 # scalar: sum of token_weights * per-token loss
     per_token: Tensor            # (...,) detached per-token loss
@@ -76,7 +47,7 @@ class ObjectiveResult:
 def objective_loss(objective: Objective, logits: Tensor, inputs: ObjectiveInputs,
                    token_weights: Tensor) -> ObjectiveResult:
     """The plain path: materialised logits (..., V) in, weighted loss out."""
-    out = objective(logits, inputs)
+    out = objective(logits, inputs.resolved())
     loss = (out.loss * token_weights).sum()
     return ObjectiveResult(loss, out.loss.detach(), {k: v.detach() for k, v in out.metrics.items()})
 
@@ -87,19 +58,21 @@ def chunked_objective_loss(objective: Objective, student: Head, inputs: Objectiv
     """Same result and gradients as `objective_loss` on full logits, chunk by chunk.
 
     student.hidden: (..., H) with grad; inputs and token_weights share its leading shape.
-    teacher: when given, the teacher's full log-probs are computed per chunk from its
-    hidden states (under no_grad) and added to inputs.teacher. Rows with zero weight
-    (prompt, padding) are skipped; their per-token values are reported as 0.
+    A local teacher's scores carry its `Head` (inputs.teacher.head): its full log-probs are
+    made per chunk (under no_grad). `teacher` is shorthand for putting a head there. Rows
+    with zero weight (prompt, padding) are skipped; their per-token values are reported as 0.
     chunk_size: rows per chunk; default `default_chunk_size(V)`.
     """
+    if teacher is not None:
+        inputs = replace(inputs, teacher=replace(inputs.teacher, head=teacher))
     lead = tuple(student.hidden.shape[:-1])
     if tuple(token_weights.shape) != lead:
         raise ValueError(f"token_weights has shape {tuple(token_weights.shape)}; expected {lead}")
-    if teacher is not None and tuple(teacher.hidden.shape[:-1]) != lead:
-        raise ValueError(f"teacher hidden has leading shape {tuple(teacher.hidden.shape[:-1])}; expected {lead}")
+    head = inputs.teacher.head
+    if head is not None and tuple(head.hidden.shape[:-1]) != lead:
+        raise ValueError(f"teacher hidden has leading shape {tuple(head.hidden.shape[:-1])}; expected {lead}")
     rows = token_weights.reshape(-1).nonzero().squeeze(-1)      # one host sync per call
     plan = _ChunkPlan(objective, student, inputs.flatten().rows(rows), token_weights.reshape(-1)[rows],
-                      None if teacher is None else replace(teacher, hidden=teacher.hidden.reshape(-1, teacher.hidden.shape[-1])[rows]),
                       chunk_size or default_chunk_size(student.weight.shape[0]))
     hidden = student.hidden.reshape(-1, student.hidden.shape[-1])[rows]
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or student.weight.requires_grad or
@@ -126,22 +99,13 @@ def default_chunk_size(vocab: int, target_bytes: int = 64 << 20) -> int:
 class _ChunkPlan:
     """One chunked evaluation: runs the objective per chunk and collects values and grads."""
 
-    def __init__(self, objective, student: Head, inputs: ObjectiveInputs, weights: Tensor,
-                 teacher: Head | None, chunk_size: int):
+    def __init__(self, objective, student: Head, inputs: ObjectiveInputs, weights: Tensor, chunk_size: int):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.objective, self.student, self.inputs = objective, student, inputs
-        self.weights, self.teacher, self.chunk_size = weights, teacher, chunk_size
+        self.weights, self.chunk_size = weights, chunk_size
         self.per_token: list[Tensor] = []
         self.metrics: list[dict[str, Tensor]] = []
-
-    def _chunk_inputs(self, rows: slice) -> ObjectiveInputs:
-        chunk = self.inputs.rows(rows)
-        if self.teacher is None:
-            return chunk
-        with torch.no_grad():
-            logq = F.log_softmax(self.teacher.logits(self.teacher.hidden[rows]).float(), dim=-1)
-        return replace(chunk, teacher=replace(chunk.teacher, logprobs=logq))
 
     def run(self, hidden: Tensor, want_grads: bool):
         """Returns (loss, grad_hidden, grad_weight, grad_bias); grads are None unless wanted."""
@@ -156,7 +120,7 @@ class _ChunkPlan:
             raw = F.linear(h, weight.detach(), None if bias is None else bias.detach())   # (C, V)
             raw.requires_grad_(want_grads)
             with torch.set_grad_enabled(want_grads):
-                out = self.objective(self.student.scale(raw), self._chunk_inputs(rows))
+                out = self.objective(self.student.scale(raw), self.inputs.rows(rows).resolved())   # log q: this chunk only
                 chunk_loss = (out.loss * self.weights[rows]).sum()
             if want_grads:
                 (g,) = torch.autograd.grad(chunk_loss, raw)                               # (C, V)

@@ -274,6 +274,7 @@ def make_objective(name: str, **options) -> Callable[[Tensor, ObjectiveInputs], 
     fn = partial(spec.fn, **bound)
 
     def objective(logits: Tensor, inputs: ObjectiveInputs) -> ObjectiveOutput:
+        inputs = inputs.resolved()            # a lazy teacher head (called directly, not via opdkit.logprobs)
         check_shapes(logits, inputs)
         k = bound.get("k")
         if k is not None and k > logits.shape[-1]:

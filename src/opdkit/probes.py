@@ -28,10 +28,9 @@ from opdkit.data import batches
 from opdkit.diagnostics import HEDGE_WORDS, with_diagnostics
 from opdkit.evaluate import _generate, eval_items, score_responses
 from opdkit.objectives import make_objective
-from opdkit.packing import pack, response_hidden
+from opdkit.forward import model_head, pack
 from opdkit.rewards import make_reward
 from opdkit.session import Session
-from opdkit.teachers import head_of
 
 MAX_NLL_EXCESS = 2.0          # teacher NLL of student tokens this many nats above the student's own: incompatible
 MAX_PAIR_KL = 2.0             # KL(student || teacher) per token above this: far apart
@@ -128,8 +127,7 @@ def _hedge_probability(s: Session, model, prompts: list[list[int]], cuts: list[l
     for rows in batches(list(range(len(prompts))), s.cfg.optim.micro_batch):
         packed = pack([prompts[i] + cuts[i] for i in rows], [[s.tokenizer.eos_token_id]] * len(rows),
                       s.tokenizer.pad_token_id)
-        hidden = response_hidden(model, packed)
-        logq = F.log_softmax(head_of(model, hidden, s.vocab).logits(hidden).float(), -1)[:, 0]
+        logq = model_head(model, packed, s.vocab).logprobs()[:, 0]
         total += float(logq[:, hedges].exp().sum(-1).sum())
     return total / len(prompts)
 
@@ -185,14 +183,11 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 def _teacher_logprobs(s: Session, example, response: list[int]) -> torch.Tensor:
-    head = s.teacher.score([example], [response])
-    return F.log_softmax(head.logits(head.hidden).float(), -1)[0]
+    return s.teacher.score([example], [response]).resolved().logprobs[0]
 
 
 def _student_logprobs(s: Session, prompt: list[int], response: list[int]) -> torch.Tensor:
-    packed = pack([prompt], [response], s.tokenizer.pad_token_id)
-    hidden = response_hidden(s.student, packed)
-    return F.log_softmax(head_of(s.student, hidden, s.vocab).logits(hidden).float(), -1)[0]
+    return model_head(s.student, pack([prompt], [response], s.tokenizer.pad_token_id), s.vocab).logprobs()[0]
 
 
 PROBES = {"pair": probe_pair, "prefix": probe_prefix, "pi": probe_pi}

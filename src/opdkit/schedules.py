@@ -132,16 +132,14 @@ def heldout_entropy(s, items: list) -> float:
     """Token-mean entropy of the student on its own temperature-1 samples for held-out prompts."""
     from opdkit.checkpoint import seeded
     from opdkit.evaluate import _generate
-    from opdkit.packing import pack, response_hidden
-    from opdkit.teachers import head_of
+    from opdkit.forward import model_head, pack
     total, tokens = 0.0, 0.0
     with seeded(4321):
         rollouts = _generate(s, items, greedy=False)
     size = s.cfg.optim.micro_batch
     for i in range(0, len(rollouts), size):
         packed = pack(rollouts.prompt_ids[i:i + size], rollouts.response_ids[i:i + size], s.tokenizer.pad_token_id)
-        head = head_of(s.student, response_hidden(s.student, packed), s.vocab)
-        logp = torch.log_softmax(head.logits(head.hidden).float(), -1)        # (B, T, V)
+        logp = model_head(s.student, packed, s.vocab).logprobs()              # (B, T, V)
         entropy = -(logp.exp() * logp).sum(-1)                                 # (B, T)
         total += float((entropy * packed.response_mask).sum())
         tokens += float(packed.response_mask.sum())

@@ -5,15 +5,54 @@ log-probabilities; a served teacher (vLLM prompt logprobs) gives only its top-k 
 log-probability of the sampled token. Objectives declare which fields they need, and
 `require` refuses with a message that names the missing field instead of approximating.
 
+A local teacher's scores are lazy: they carry its hidden states and lm-head (`Head`), and
+`resolved()` turns them into full log-probabilities for whichever rows are asked, so the
+chunked path makes log q one row chunk at a time and (N, T, V) never exists at once.
+
 Every tensor here has the same leading shape as the student logits without the vocabulary
 axis: (N, T) for batched sequences or (M,) for flattened rows (the chunked path).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Head:
+    """Hidden states and the lm-head that turns them into logits: logits = (h W^T + b) / T."""
+
+    hidden: Tensor              # (..., H)
+    weight: Tensor              # (V, H)
+    bias: Tensor | None = None  # (V,)
+    temperature: float = 1.0
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.scale(F.linear(hidden, self.weight, self.bias))
+
+    def scale(self, logits: Tensor) -> Tensor:
+        """Divide by the temperature; at T = 1 return the same tensor (no (C, V) copy)."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def logprobs(self) -> Tensor:
+        """fp32 log-softmax (..., V) of this head's logits: the one place log-probs are made
+        from hidden states (teacher scores, probes, the entropy gate)."""
+        return F.log_softmax(self.logits(self.hidden).float(), dim=-1)
+
+    def rows(self, index: slice | Tensor) -> "Head":
+        return replace(self, hidden=self.hidden[index])
+
+    def flatten(self) -> "Head":
+        return replace(self, hidden=self.hidden.reshape(-1, self.hidden.shape[-1]))
+
+    def to(self, device) -> "Head":
+        return Head(self.hidden.to(device), self.weight.to(device), _to(self.bias, device), self.temperature)
+
+
+TENSOR_FIELDS = ("logprobs", "topk_ids", "topk_logprobs", "sampled_logprobs")
 
 
 @dataclass(frozen=True)
@@ -24,16 +63,20 @@ class TeacherScores:
     topk_ids:         (..., k) ids of the teacher's top-k tokens, best first.
     topk_logprobs:    (..., k) their log-probabilities (normalised over the full vocabulary).
     sampled_logprobs: (...,)   log q of the token the student sampled there.
+    head:             a local teacher's hidden states (..., H) and lm-head: full log-probs on
+                      demand (`resolved`), never all positions at once in the chunked path.
     """
 
     logprobs: Tensor | None = None
     topk_ids: Tensor | None = None
     topk_logprobs: Tensor | None = None
     sampled_logprobs: Tensor | None = None
+    head: Head | None = None
 
     def rows(self, index: slice | Tensor) -> "TeacherScores":
         """The same scores restricted to a subset of (flattened) rows."""
-        return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+        head = None if self.head is None else self.head.rows(index)
+        return replace(self, head=head, **{name: _take(getattr(self, name), index) for name in TENSOR_FIELDS})
 
     def flatten(self) -> "TeacherScores":
         """Collapse the leading (N, T) shape into rows (N*T,)."""
@@ -41,10 +84,24 @@ class TeacherScores:
             if t is None:
                 return None
             return t.reshape(-1) if name == "sampled_logprobs" else t.reshape(-1, t.shape[-1])
-        return TeacherScores(**{f.name: flat(f.name, getattr(self, f.name)) for f in fields(self)})
+        head = None if self.head is None else self.head.flatten()
+        return TeacherScores(head=head, **{name: flat(name, getattr(self, name)) for name in TENSOR_FIELDS})
+
+    def to(self, device) -> "TeacherScores":
+        head = None if self.head is None else self.head.to(device)
+        return TeacherScores(head=head, **{name: _to(getattr(self, name), device) for name in TENSOR_FIELDS})
+
+    def resolved(self) -> "TeacherScores":
+        """Full log-probs made from the lazy head (no gradient), or these scores as they are."""
+        if self.head is None:
+            return self
+        with torch.no_grad():
+            logprobs = self.head.logprobs()
+        return replace(self, logprobs=logprobs, head=None)
 
     def available(self) -> set[str]:
-        return {f.name for f in fields(self) if getattr(self, f.name) is not None}
+        have = {name for name in TENSOR_FIELDS if getattr(self, name) is not None}
+        return have | {"logprobs"} if self.head is not None else have
 
 
 @dataclass(frozen=True)
@@ -72,6 +129,10 @@ class ObjectiveInputs:
             advantages=_take(self.advantages, index),
         )
 
+    def resolved(self) -> "ObjectiveInputs":
+        """The same inputs with a lazy teacher head turned into full log-probs."""
+        return self if self.teacher.head is None else replace(self, teacher=self.teacher.resolved())
+
     def flatten(self) -> "ObjectiveInputs":
         return ObjectiveInputs(
             ids=self.ids.reshape(-1),
@@ -96,6 +157,10 @@ def upcast(t: Tensor) -> Tensor:
 
 def _take(t: Tensor | None, index: slice | Tensor) -> Tensor | None:
     return None if t is None else t[index]
+
+
+def _to(t: Tensor | None, device) -> Tensor | None:
+    return None if t is None else t.to(device)
 
 
 # Field names an objective may need, with what provides them (for error messages).

@@ -19,6 +19,7 @@ The student and the teacher must share the tokenizer: ids are sent as they are.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 import warnings
@@ -80,7 +81,9 @@ def parse_scores(choice: dict, prompt_len: int, response: list[int], k: int) -> 
 
 
 class ServedTeacher:
-    """Same calls as a LocalTeacher, but `score` returns TeacherScores (top-k) instead of a Head."""
+    """The `opdkit.teachers.Teacher` interface over a vLLM server: top-k scores, no local model."""
+
+    provides = "top-k"
 
     def __init__(self, url: str, model: str, renderer, k: int, objective: str, options: dict,
                  temperature: float = 1.0, post: Callable[[str, dict], dict] = post_json):
@@ -119,7 +122,6 @@ class ServedTeacher:
         return None
 
     def context(self):
-        import contextlib
         return contextlib.nullcontext()
 
     def after_step(self, student) -> None:

@@ -14,12 +14,13 @@ import torch
 from opdkit.config import Config, ConfigError
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.diagnostics import with_diagnostics
-from opdkit.distributed import Dist, Scorer
+from opdkit.distributed import Dist
+from opdkit.forward import StudentForward
 from opdkit.memory import set_mmap_threshold
 from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import OBJECTIVES, make_objective
 from opdkit.rollout import HFSampler, LowPrecisionCopy
-from opdkit.teachers import LocalTeacher, ModelTeacher, PromptRenderer, SelfTeacher
+from opdkit.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Session:
     cfg: Config
     tokenizer: object
     student: torch.nn.Module
-    teacher: LocalTeacher | None
+    teacher: Teacher | None
     student_prompt: PromptRenderer
     sampler: HFSampler
     objective: object
@@ -47,11 +48,11 @@ class Session:
     objective_name: str = ""          # may differ from the config after a guard switch
     rollout_copy: LowPrecisionCopy | None = None     # rollout.sampler_dtype
     dist: Dist = field(default_factory=Dist)        # this process's rank and world (opdkit.distributed)
-    scorer: torch.nn.Module | None = None           # the student's training forward, DDP/FSDP-wrapped under torchrun
+    student_forward: torch.nn.Module | None = None  # the student's training forward, DDP/FSDP-wrapped under torchrun
 
     def __post_init__(self):
-        if self.scorer is None:
-            self.scorer = Scorer(self.student)
+        if self.student_forward is None:
+            self.student_forward = StudentForward(self.student)
 
     def rollout_model(self) -> torch.nn.Module:
         """The model that samples training rollouts: the student, or its synced low-precision copy."""

@@ -1,9 +1,15 @@
 """Teachers: who scores the student's responses, and what prompt they see.
 
-A local teacher returns a `Head` (its hidden states at the response positions and its
-lm-head), from which the chunked objective computes exact log q per chunk, so a full
-(N, T, V) teacher tensor never exists. Both teachers render their prompt with the same
-chat template call as the student, with privileged information (PI) added.
+Every teacher answers `score(examples, responses) -> TeacherScores` at the student's
+response positions, over the student's vocabulary (`Teacher`, the interface). What it can
+provide is declared in `provides` ("full": log q at any id; "top-k": its top-k and the
+sampled token's log q), and the objective's needs are checked against it when the run is
+built (`opdkit.objectives.check_teacher`). A local teacher's scores are lazy: they carry
+its hidden states at the response positions and its lm-head (`TeacherScores.head`), from
+which the chunked objective computes exact log q per chunk, so a full (N, T, V) teacher
+tensor never exists. Local teachers render their prompt with the same chat template call
+as the student, with privileged information (PI) added. A served teacher
+(`opdkit.served.ServedTeacher`) implements the same interface.
 
 - ModelTeacher: a separate HF model (OPD).
 - SelfTeacher: the student's own weights shown PI (OPSD): `frozen` (a copy of the initial
@@ -15,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from opdkit.data import Example, messages, render
-from opdkit.logprobs import Head
-from opdkit.packing import Packed, pack, response_hidden
+from opdkit.forward import Packed, model_head, pack
+from opdkit.scores import Head, TeacherScores
 
 
 @dataclass
@@ -38,15 +45,35 @@ class PromptRenderer:
         return render(self.tokenizer, messages(example.prompt, self.system, pi, self.placement))
 
 
-def head_of(model, hidden: torch.Tensor, vocab: int, temperature: float = 1.0) -> Head:
-    """The model's lm-head over the first `vocab` rows (pairs whose heads are padded differently)."""
-    layer = model.get_output_embeddings()
-    bias = None if layer.bias is None else layer.bias[:vocab]
-    return Head(hidden, layer.weight[:vocab], bias, temperature)
+class Teacher(Protocol):
+    """What the engine, evaluation and probes ask of any teacher.
+
+    A future teacher (a mixture of teachers, one with another tokenizer) implements these
+    calls and returns its scores at the student's positions and vocabulary.
+    """
+
+    provides: str                 # "full" (log q at any id) or "top-k" (top-k + the sampled token)
+    renderer: "PromptRenderer"    # its prompt for an example (PI added)
+
+    def score(self, examples: list[Example], responses: list[list[int]]) -> TeacherScores: ...
+
+    def model(self) -> torch.nn.Module | None:
+        """Its local model (writing SFT traces, answering in eval), or None (served)."""
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """Entered around its model's forwards (a LoRA self-teacher disables the adapters)."""
+
+    def after_step(self, student) -> None:
+        """Called after each optimizer step (EMA teachers update here)."""
+
+    def checkpoint_modules(self) -> dict:
+        """Modules whose weights a checkpoint must hold to resume this teacher exactly."""
 
 
 class LocalTeacher:
-    """Scoring shared by both teachers: forward its own prompt + the student's response."""
+    """Scoring shared by both local teachers: forward its own prompt + the student's response."""
+
+    provides = "full"
 
     def __init__(self, renderer: PromptRenderer, pad_id: int, vocab: int, temperature: float = 1.0):
         self.renderer, self.pad_id, self.vocab, self.temperature = renderer, pad_id, vocab, temperature
@@ -57,15 +84,15 @@ class LocalTeacher:
     def context(self):
         return contextlib.nullcontext()
 
-    def score(self, examples: list[Example], responses: list[list[int]]) -> Head:
+    def score(self, examples: list[Example], responses: list[list[int]]) -> TeacherScores:
+        """Lazy full scores: the hidden states (N, R, H) at the response positions and the lm-head."""
         prompts = [self.renderer(e) for e in examples]
         model = self.model()
         packed: Packed = pack(prompts, responses, self.pad_id, next(model.parameters()).device)
         with torch.no_grad(), self.context():
-            hidden = response_hidden(model, packed)
-            head = head_of(model, hidden, self.vocab, self.temperature)
-            return Head(hidden, head.weight.detach(), None if head.bias is None else head.bias.detach(),
-                        self.temperature)
+            head = model_head(model, packed, self.vocab, self.temperature)
+            return TeacherScores(head=Head(head.hidden, head.weight.detach(),
+                                           None if head.bias is None else head.bias.detach(), self.temperature))
 
     def after_step(self, student) -> None:
         """Called after each optimizer step (EMA teachers update here)."""

@@ -19,15 +19,14 @@ import torch
 
 from opdkit.checkpoint import seeded
 from opdkit.data import batches
-from opdkit.distributed import student_head
 from opdkit.diagnostics import entropy_gap, response_diagnostics
 from opdkit.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives import group_advantages
-from opdkit.packing import pack, pad_rows
+from opdkit.forward import pack, pad_rows, student_head
 from opdkit.profile import PhaseTimer
 from opdkit.rewards import make_reward
 from opdkit.rollout import Rollouts
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.scores import ObjectiveInputs
 from opdkit.session import Session
 
 
@@ -123,26 +122,18 @@ def micro_batch_loss(s: Session, rollouts: Rollouts, rows: slice, mask_override:
         ids=packed.response_ids,
         behaviour_logprobs=pad_rows(rollouts.sampler_logprobs[rows], width).to(device) if s.cfg.mode != "sft" else None,
         advantages=None if advantages is None else advantages[rows].to(device).unsqueeze(-1).expand(-1, width).contiguous())
-    teacher = None
     if s.needs_teacher:
         shares_student = s.teacher.model() is s.student         # live / LoRA self-teacher: FSDP must gather
         with timer("teacher"), s.dist.full_weights() if shares_student else contextlib.nullcontext():
-            teacher = s.teacher.score(rollouts.meta[rows], responses)
-        if isinstance(teacher, TeacherScores):        # a served teacher: top-k scores instead of hidden states
-            scores = {k: None if v is None else v.to(device) for k, v in vars(teacher).items()}
-            inputs = replace(inputs, teacher=TeacherScores(**scores))
-            teacher = None
+            scores = s.teacher.score(rollouts.meta[rows], responses)      # lazy for a local teacher: no (N, T, V)
+        inputs = replace(inputs, teacher=scores.to(device))
     with timer("student_forward"):      # the chunked path also forms the lm-head gradient here
-        head = student_head(s, packed)
+        head = student_head(s.student_forward, packed, s.vocab)
         weights = mask / step_tokens
         if s.cfg.objective.chunked:
-            result = chunked_objective_loss(s.objective, head, inputs, weights, teacher=teacher,
+            result = chunked_objective_loss(s.objective, head, inputs, weights,
                                             chunk_size=s.cfg.objective.chunk_rows or None)
         else:
-            if teacher is not None:
-                logq = torch.log_softmax(teacher.logits(teacher.hidden).float(), -1)
-                inputs = ObjectiveInputs(inputs.ids, TeacherScores(logprobs=logq), inputs.behaviour_logprobs,
-                                         inputs.advantages)
             result = objective_loss(s.objective, head.logits(head.hidden), inputs, weights)
     with timer("backward"):
         result.loss.backward()
@@ -180,7 +171,7 @@ def train_step(s: Session, stream, optimizer, scheduler, timer: PhaseTimer | Non
     slices = _row_slices(len(rollouts), cfg.optim.micro_batch)
     for i, rows in enumerate(slices):
         sub_keep = None if keep is None else keep[rows]
-        with s.dist.accumulate(s.scorer, last=i == len(slices) - 1):
+        with s.dist.accumulate(s.student_forward, last=i == len(slices) - 1):
             result, mask = micro_batch_loss(s, rollouts, rows, None if sub_keep is None else sub_keep[:, :_width(rollouts, rows)],
                                             advantages, step_tokens, timer)
         with timer("diagnostics"):      # kept as tensors: one host sync per step, not one per metric

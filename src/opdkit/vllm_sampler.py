@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from opdkit.logprobs import selective_log_softmax
-from opdkit.packing import pack
+from opdkit.forward import pack
 from opdkit.rollout import HFSampler, Rollouts
 
 
