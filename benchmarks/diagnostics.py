@@ -15,6 +15,7 @@ both arms, so they are not part of the measured difference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ from opdkit.config import load_config
 from opdkit.diagnostics import with_diagnostics
 from opdkit.objectives import make_objective
 from opdkit.session import build_session, new_stream
-from opdkit.train import make_optimizer, train_step
+from opdkit.optim import make_optimizer
+from opdkit.runstate import initial_state
+from opdkit.train import StepSettings, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,16 +55,17 @@ def main() -> None:
     s = session(args.tiny, args.out)
     plain = make_objective(s.objective_name)
     stream = new_stream(s)
-    optimizer, scheduler = make_optimizer(s)
+    settings, state = StepSettings.from_config(s.cfg), initial_state(s.cfg)
+    optimizer, scheduler = make_optimizer(s.student, settings.optim)
     times = {True: [], False: []}
     for i in range(2 * args.repeats + 2):
         on = i % 2 == 0
-        s.cfg.run.diagnostics = on
-        s.objective = with_diagnostics(plain) if on else plain
+        step_settings = dataclasses.replace(settings, diagnostics=on)
+        state.objective = with_diagnostics(plain) if on else plain
         stream.load_state_dict({"epoch": 0, "index": 0, "size": len(s.items)})
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        train_step(s, stream, optimizer, scheduler)
+        train_step(s, step_settings, state, stream, optimizer, scheduler)
         if i >= 2:                                     # the first pair warms up
             times[on].append(time.perf_counter() - t0)
     on, off = statistics.median(times[True]), statistics.median(times[False])

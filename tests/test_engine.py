@@ -1,6 +1,8 @@
 """The training loop end to end on tiny real HF models: every command, resume, accumulation."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -19,7 +21,9 @@ from opdkit.metrics import read_metrics
 from opdkit.models import load_model
 from opdkit.session import build_session
 from opdkit.runner import run
-from opdkit.train import collect, first_special_mask, lr_factor, micro_batch_loss
+from opdkit.optim import lr_factor
+from opdkit.runstate import initial_state
+from opdkit.train import StepSettings, collect, first_special_mask, micro_batch_backward
 
 
 def _weights(path):
@@ -123,16 +127,16 @@ def _grads(session):
 def test_accumulation_is_token_exact_and_chunked_equals_plain(tiny_dir, tmp_path):
     cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / "g", **{"model.teacher": tiny_dir / "teacher",
                                                                                          "objective.name": "rkl"}))
-    s = build_session(cfg)
+    s, settings, state = build_session(cfg), StepSettings.from_config(cfg), initial_state(cfg)
     torch.manual_seed(0)
-    rollouts = collect(s, s.items[:4])
+    rollouts = collect(s, settings, s.items[:4], state.max_new_tokens)
     tokens = torch.tensor(float(sum(len(r) for r in rollouts.response_ids)))
 
     def grads(slices, chunked):
-        s.cfg.objective.chunked = chunked
         s.student.zero_grad()
         for rows in slices:
-            micro_batch_loss(s, rollouts, rows, None, None, tokens)
+            micro_batch_backward(s, dataclasses.replace(settings, chunked=chunked), state, rollouts, rows, None, None,
+                                 tokens)
         return _grads(s)
 
     whole = grads([slice(0, 4)], True)

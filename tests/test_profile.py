@@ -100,7 +100,7 @@ def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
 
 def test_fused_adamw_matches_the_default_update():
     import torch
-    from opdkit.train import adamw
+    from opdkit.optim import adamw
     torch.manual_seed(0)
     weights = [torch.randn(7, 5), torch.randn(5)]
     fused_params = [torch.nn.Parameter(w.clone()) for w in weights]

@@ -74,7 +74,9 @@ def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tin
     from conftest import engine_overrides
     from opdkit.config import load_config
     from opdkit.session import build_session, new_stream
-    from opdkit.train import make_optimizer, train_step
+    from opdkit.optim import make_optimizer
+    from opdkit.runstate import initial_state
+    from opdkit.train import StepSettings, train_step
 
     def step(url: str) -> dict:
         over = engine_overrides(tiny_dir, tmp_path / "run", **{
@@ -83,7 +85,9 @@ def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tin
         s = build_session(load_config("distill", None, over))
         if url:
             s.teacher.post = vllm_server(local.teacher.model(), 8)
-        return train_step(s, new_stream(s), *make_optimizer(s)).metrics
+        settings = StepSettings.from_config(s.cfg)
+        return train_step(s, settings, initial_state(s.cfg), new_stream(s),
+                          *make_optimizer(s.student, settings.optim)).metrics
 
     local = build_session(load_config("distill", None, engine_overrides(tiny_dir, tmp_path / "l", **{
         "model.teacher": tiny_dir / "teacher"})))

@@ -29,11 +29,14 @@ def eval_items(s: Session) -> list:
     return s._eval_items
 
 
-def _generate(s: Session, items: list, greedy: bool, model=None, prompts: list | None = None) -> Rollouts:
-    """Responses of `model` (default: the student) to the items' prompts (default: the student's)."""
+def _generate(s: Session, items: list, greedy: bool, model=None, prompts: list | None = None,
+              max_new_tokens: int | None = None) -> Rollouts:
+    """Responses of `model` (default: the student) to the items' prompts (default: the student's),
+    at most `max_new_tokens` long (default: rollout.max_new_tokens; a run passes its current length)."""
     model = model or s.student
     prompts = prompts or [it.prompt_ids for it in items]
-    out = Rollouts.concat([s.sampler.sample(model, chunk, max_new_tokens=s.cfg.rollout.max_new_tokens,
+    max_new_tokens = max_new_tokens or s.cfg.rollout.max_new_tokens
+    out = Rollouts.concat([s.sampler.sample(model, chunk, max_new_tokens=max_new_tokens,
                                             temperature=1.0, top_p=1.0, greedy=greedy)
                            for chunk in batches(prompts, s.cfg.optim.micro_batch)])
     out.meta = [it.example for it in items]
@@ -80,17 +83,20 @@ def teacher_kl(s: Session, teacher: Teacher, rollouts: Rollouts) -> float:
     return means.get("loss", 0.0)
 
 
-def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False) -> dict:
+def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False,
+                     max_new_tokens: int | None = None) -> dict:
     """Student metrics; with `teacher_side`, the same metrics for the teacher on its own (PI) prompts
     (the ceiling: a rule the PI-conditioned teacher does not follow cannot be internalised)."""
     items = eval_items(s) if items is None else items
+    n = max_new_tokens
     with seeded(seed):
-        out = answer_metrics(s, _generate(s, items, greedy=True), items)
+        out = answer_metrics(s, _generate(s, items, greedy=True, max_new_tokens=n), items)
         if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
-            out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False))
+            out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False, max_new_tokens=n))
             if teacher_side:
                 with torch.no_grad(), s.teacher.context():
-                    written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items])
+                    written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items],
+                                        max_new_tokens=n)
                 out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
         return out
 

@@ -263,7 +263,7 @@ def make_objective(name: str, **options) -> Callable[[Tensor, ObjectiveInputs], 
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown objective {name!r}.{hint} Known: {', '.join(OBJECTIVES)}")
     spec = OBJECTIVES[name]
-    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in ("logits", "inputs")]
+    allowed = _option_names(spec)
     for key in options:
         if key not in allowed:
             raise ValueError(f"objective {name!r} has no option {key!r}; its options are {allowed}")
@@ -284,6 +284,17 @@ def make_objective(name: str, **options) -> Callable[[Tensor, ObjectiveInputs], 
     objective.__name__ = name
     objective.options = bound  # type: ignore[attr-defined]
     return objective
+
+
+def _option_names(spec: ObjectiveSpec) -> list[str]:
+    """Every keyword the objective's function takes besides (logits, inputs), fixed ones included."""
+    return [p for p in inspect.signature(spec.fn).parameters if p not in ("logits", "inputs")]
+
+
+def accepted_options(name: str) -> set[str]:
+    """The options `name` lets a caller set (its function's keywords minus those its name fixes)."""
+    spec = OBJECTIVES[name]
+    return set(_option_names(spec)) - set(spec.options)
 
 
 def _validate_options(name: str, options: dict) -> None:

@@ -19,10 +19,11 @@ from opdkit.config import Config, config_from_dict, save_config, to_dict
 from opdkit.diagnostics import with_diagnostics
 from opdkit.guard import Alarm, Guard, describe_alarm
 from opdkit.metrics import MetricLog
+from opdkit.optim import make_optimizer, set_peak_lr
 from opdkit.profile import PhaseTimer, breakdown, format_breakdown
-from opdkit.objectives import OBJECTIVES, make_objective
+from opdkit.runstate import bind_objective, initial_state
 from opdkit.session import Session, build_session, new_stream
-from opdkit.train import TrainingError, lr_factor, make_optimizer, train_step
+from opdkit.train import StepSettings, TrainingError, train_step
 
 
 class GuardStopped(TrainingError):
@@ -51,39 +52,32 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
                             f"start a new run directory or restore the original values")
 
 
-def switch_objective(s: Session, name: str) -> None:
-    """Use objective `name`, keeping the current options it accepts (k, support, ...)."""
-    import inspect
-    spec = OBJECTIVES[name]
-    allowed = set(inspect.signature(spec.fn).parameters) - {"logits", "inputs"} - set(spec.options)
-    options = {k: v for k, v in s.cfg.objective.options.items() if k in allowed}
-    objective = make_objective(name, **options)
-    s.objective = with_diagnostics(objective) if s.cfg.run.diagnostics else objective
-    s.objective_name = name
-
-
 class Runner:
     def __init__(self, s: Session, run_dir: Path, control=None):
         self.s, self.cfg, self.run_dir = s, s.cfg, run_dir
         # A stage's schedule and switch criterion (opdkit.recipe.StageControl): `resumed(runner)`,
         # `after_step(runner, metrics)` may change settings and add metrics, `done(runner)` -> reason or None.
         self.control = control
+        self.settings = StepSettings.from_config(self.cfg)
         self.log = MetricLog(run_dir, self.cfg.run.trackers) if s.dist.main else distributed.NullLog(run_dir)
         self.stream = new_stream(s)
-        self.optimizer, self.scheduler = make_optimizer(s)
+        self.optimizer, self.scheduler = make_optimizer(s.student, self.settings.optim)
         g = self.cfg.guard
         self.guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable) if g.enabled else None
-        self.retire_rules_fixed_by(s.objective_name)
-        self.step, self.bad_streak, self.rollbacks = 0, 0, 0
-        self.changes: dict = {}          # what the guard changed: {"lr_scale": f, "objective": name}
+        self.state = initial_state(self.cfg)
+        self.retire_rules_fixed_by(self.state.objective_name)
         self.rows: list[dict] = []
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     # ---------------------------------------------------------------- state
     def save(self) -> Path:
         state = {"step": self.step, "stream": self.stream.state_dict(),
                  "optimizer": distributed.optimizer_state(self.s, self.optimizer),
-                 "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(), "bad_streak": self.bad_streak,
-                 "rollbacks": self.rollbacks, "changes": dict(self.changes),
+                 "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(),
+                 "bad_streak": self.state.bad_streak, "rollbacks": self.state.rollbacks, "changes": self.state.changes(),
                  "guard": None if self.guard is None else self.guard.state_dict()}
         path = distributed.save(self.s, self.run_dir, self.step, checkpoint_modules(self.s), state,
                                 self.cfg.run.keep_checkpoints)
@@ -95,7 +89,7 @@ class Runner:
         self.stream.load_state_dict(state["stream"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
-        self.step, self.bad_streak = state["step"], state["bad_streak"]
+        self.state.step, self.state.bad_streak = state["step"], state["bad_streak"]
         return state
 
     def resume(self) -> None:
@@ -104,10 +98,11 @@ class Runner:
             self.log.truncate_after(-1)        # an attempt that died before its first checkpoint left rows
             return
         state = self.load(path)
-        self.rollbacks, self.changes = state.get("rollbacks", 0), dict(state.get("changes", {}))
-        if self.changes.get("objective"):
-            switch_objective(self.s, self.changes["objective"])
-            self.retire_rules_fixed_by(self.changes["objective"])
+        self.state.rollbacks = state.get("rollbacks", 0)
+        changes = state.get("changes", {})
+        self.state.lr_scale = changes.get("lr_scale", 1.0)        # already in the scheduler's restored base LRs
+        if changes.get("objective"):
+            self.switch_objective(changes["objective"])
         if self.guard is not None and state.get("guard"):
             self.guard.load_state_dict(state["guard"])
         self.log.truncate_after(self.step)
@@ -162,13 +157,13 @@ class Runner:
         from opdkit.evaluate import evaluate_session, gap_recovery
         cfg = self.cfg
         timer = PhaseTimer(sync=cfg.run.profile)
-        outcome = train_step(self.s, self.stream, self.optimizer, self.scheduler, timer)
-        self.step += 1
-        self.bad_streak = 0 if outcome.finite else self.bad_streak + 1
+        outcome = train_step(self.s, self.settings, self.state, self.stream, self.optimizer, self.scheduler, timer)
+        self.state.step += 1
+        self.state.bad_streak = 0 if outcome.finite else self.state.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
         if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and cfg.data.eval:
             with self.s.dist.full_weights():
-                result = evaluate_session(self.s)
+                result = evaluate_session(self.s, max_new_tokens=self.state.max_new_tokens)
             result.update(gap_recovery(self.before_eval(), result))
             metrics.update({f"eval/{k}": v for k, v in result.items()})
         if self.control is not None:
@@ -200,19 +195,17 @@ class Runner:
     def nonfinite(self, metrics: dict) -> None:
         self.log.event(self.step, "skipped_nonfinite", loss=str(metrics["train/loss"]),
                        grad_norm=str(metrics["train/grad_norm"]))
-        if self.bad_streak >= self.cfg.run.max_bad_steps:
+        if self.state.bad_streak >= self.cfg.run.max_bad_steps:
             self.save()
-            raise TrainingError(f"{self.bad_streak} non-finite steps in a row (loss {metrics['train/loss']}, grad norm "
+            raise TrainingError(f"{self.state.bad_streak} non-finite steps in a row (loss {metrics['train/loss']}, grad norm "
                                 f"{metrics['train/grad_norm']}); the weights were not updated by them. Check the "
                                 f"teacher's logits and lower optim.lr; events are in {self.log.events}")
 
-    def set_lr_scale(self, scale: float) -> None:
-        """Peak LR = optim.lr * scale from now on, at the schedule's current position."""
-        o = self.cfg.optim
-        self.scheduler.base_lrs = [o.lr * scale for _ in self.optimizer.param_groups]
-        factor = lr_factor(self.scheduler.last_epoch, o.warmup_steps, o.steps, o.schedule)
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base * factor
+    def switch_objective(self, name: str) -> None:
+        """Use objective `name` from now on, keeping the configured options it accepts (k, support, ...)."""
+        self.state.objective = bind_objective(name, self.cfg.objective.options, self.settings.diagnostics, strict=False)
+        self.state.objective_name, self.state.switched = name, True
+        self.retire_rules_fixed_by(name)
 
     # ---------------------------------------------------------------- the guard's actions
     def act(self, alarms: list[Alarm]) -> bool:
@@ -247,27 +240,25 @@ class Runner:
 
     def rollback(self, alarm: Alarm) -> bool:
         healthy = [p for p in checkpoint.completed(self.run_dir) if int(p.name.split("_")[1]) < alarm.onset]
-        if self.rollbacks >= self.cfg.guard.max_rollbacks:
-            return self.stop(alarm, f"{self.rollbacks} rollbacks already (guard.max_rollbacks)")
+        if self.state.rollbacks >= self.cfg.guard.max_rollbacks:
+            return self.stop(alarm, f"{self.state.rollbacks} rollbacks already (guard.max_rollbacks)")
         if not healthy:
             return self.stop(alarm, f"no checkpoint from before step {alarm.onset} to roll back to")
         failed_at = self.step
         self.load(healthy[-1])
-        self.rollbacks += 1
+        self.state.rollbacks += 1
         self.log.move_after(self.step, "abandoned.jsonl")
         rule = self.guard.rule(alarm.rule)
         if rule.lr_factor != 1.0:
-            self.changes["lr_scale"] = self.changes.get("lr_scale", 1.0) * rule.lr_factor
-            self.set_lr_scale(self.changes["lr_scale"])
-        if rule.switch_objective and rule.switch_objective != self.s.objective_name:
-            switch_objective(self.s, rule.switch_objective)
-            self.changes["objective"] = rule.switch_objective
-            self.retire_rules_fixed_by(rule.switch_objective)
-        torch.manual_seed(self.cfg.run.seed + 7919 * self.rollbacks)   # a replay must not repeat the same samples
+            self.state.lr_scale *= rule.lr_factor
+            set_peak_lr(self.optimizer, self.scheduler, self.settings.optim, self.state.lr_scale)
+        if rule.switch_objective and rule.switch_objective != self.state.objective_name:
+            self.switch_objective(rule.switch_objective)
+        torch.manual_seed(self.cfg.run.seed + 7919 * self.state.rollbacks)   # a replay must not repeat the same samples
         self.guard.reset_tracks()
         self.log.event(self.step, "rollback", rule=alarm.rule, from_step=failed_at, to_step=self.step,
-                       changes=dict(self.changes))
-        self.bar.write(f"guard: rolled back from step {failed_at} to step {self.step}; now {self.changes}")
+                       changes=self.state.changes())
+        self.bar.write(f"guard: rolled back from step {failed_at} to step {self.step}; now {self.state.changes()}")
         return True
 
 

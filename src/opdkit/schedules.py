@@ -128,14 +128,15 @@ def parse_length(where: str, spec) -> LengthCurriculum:
 
 
 @torch.no_grad()
-def heldout_entropy(s, items: list) -> float:
-    """Token-mean entropy of the student on its own temperature-1 samples for held-out prompts."""
+def heldout_entropy(s, items: list, max_new_tokens: int) -> float:
+    """Token-mean entropy of the student on its own temperature-1 samples (at most `max_new_tokens`)
+    for held-out prompts."""
     from opdkit.checkpoint import seeded
     from opdkit.evaluate import _generate
     from opdkit.forward import model_head, pack
     total, tokens = 0.0, 0.0
     with seeded(4321):
-        rollouts = _generate(s, items, greedy=False)
+        rollouts = _generate(s, items, greedy=False, max_new_tokens=max_new_tokens)
     size = s.cfg.optim.micro_batch
     for i in range(0, len(rollouts), size):
         packed = pack(rollouts.prompt_ids[i:i + size], rollouts.response_ids[i:i + size], s.tokenizer.pad_token_id)
@@ -161,19 +162,19 @@ class StageControl:
         logged = [r["schedule/max_new_tokens"] for r in read_metrics(runner.log.path)
                   if "schedule/max_new_tokens" in r] if runner.log.path.is_file() else []
         if logged:
-            runner.s.cfg.rollout.max_new_tokens = int(logged[-1])
+            runner.state.max_new_tokens = int(logged[-1])
 
     def after_step(self, runner, metrics: dict) -> None:
         if self.length is None:
             return
-        rollout = runner.s.cfg.rollout
+        state = runner.state
         if runner.step % self.length.every == 0:
             from opdkit.evaluate import eval_items
-            entropy = heldout_entropy(runner.s, eval_items(runner.s))
+            entropy = heldout_entropy(runner.s, eval_items(runner.s), state.max_new_tokens)
             metrics["schedule/heldout_entropy"] = entropy
-            rollout.max_new_tokens = next_length(rollout.max_new_tokens, entropy, self.length.entropy_floor,
-                                                 self.length.step, self.length.max)
-        metrics["schedule/max_new_tokens"] = rollout.max_new_tokens
+            state.max_new_tokens = next_length(state.max_new_tokens, entropy, self.length.entropy_floor,
+                                               self.length.step, self.length.max)
+        metrics["schedule/max_new_tokens"] = state.max_new_tokens
 
     def done(self, runner) -> str | None:
         if self.criterion is None or not runner.log.path.is_file():

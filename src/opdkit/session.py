@@ -2,7 +2,7 @@
 
 `build_session` loads the student (optionally layer-dropped, optionally LoRA), the teacher
 (a separate model for `distill`, the student shown PI for `self-distill`), runs the pair
-preflight, renders and length-checks the prompts, and binds the objective. The training
+preflight, renders and length-checks the prompts, and checks the objective. The training
 loop (`opdkit.runner`, `opdkit.train`) and evaluation (`opdkit.evaluate`) only consume this object.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 
 from opdkit.config import Config, ConfigError
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
-from opdkit.diagnostics import with_diagnostics
 from opdkit.distributed import Dist
 from opdkit.forward import StudentForward
 from opdkit.memory import set_mmap_threshold
@@ -39,13 +38,12 @@ class Session:
     teacher: Teacher | None
     student_prompt: PromptRenderer
     sampler: HFSampler
-    objective: object
     vocab: int
     items: list[Item]
     skipped_prompts: int
     report: PairReport
     teacher_tokenizer: object = None
-    objective_name: str = ""          # may differ from the config after a guard switch
+    objective_name: str = ""          # the configured objective (the run's current one: RunState)
     rollout_copy: LowPrecisionCopy | None = None     # rollout.sampler_dtype
     dist: Dist = field(default_factory=Dist)        # this process's rank and world (opdkit.distributed)
     student_forward: torch.nn.Module | None = None  # the student's training forward, DDP/FSDP-wrapped under torchrun
@@ -57,10 +55,6 @@ class Session:
     def rollout_model(self) -> torch.nn.Module:
         """The model that samples training rollouts: the student, or its synced low-precision copy."""
         return self.student if self.rollout_copy is None else self.rollout_copy.synced(self.student)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return OBJECTIVES[self.objective_name or self.cfg.objective_name].teacher != "none"
 
 
 def _lora(model, cfg: Config):
@@ -142,9 +136,7 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     teacher, teacher_tok, report = build_teacher(cfg, student, tokenizer, len(tokenizer))
     report.vocab = min(report.vocab, student.get_output_embeddings().weight.shape[0])
     objective_name = cfg.objective_name
-    objective = make_objective(objective_name, **cfg.objective.options)
-    if cfg.run.diagnostics:
-        objective = with_diagnostics(objective)
+    make_objective(objective_name, **cfg.objective.options)      # bad options fail here, before any training
     if OBJECTIVES[objective_name].teacher != "none" and teacher is None:
         raise ValueError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
     items, skipped = load_items(cfg, d.train, student_prompt, _require_fields(cfg)) if load_train else ([], 0)
@@ -153,7 +145,7 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
     rollout_copy = LowPrecisionCopy(student, DTYPES[cfg.rollout.sampler_dtype]) if cfg.rollout.sampler_dtype else None
     return Session(cfg, tokenizer, student, teacher, student_prompt, make_sampler(cfg, tokenizer, student),
-                   objective, report.vocab, items, skipped, report, teacher_tok, objective_name, rollout_copy)
+                   report.vocab, items, skipped, report, teacher_tok, objective_name, rollout_copy)
 
 
 def make_sampler(cfg: Config, tokenizer, student):
