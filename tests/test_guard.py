@@ -121,8 +121,48 @@ def test_mass_drain_rule_is_retired_once_its_remedy_objective_is_in_use(tiny_dir
         runner = Runner(build_session(cfg), tmp_path / objective)
         names[objective] = {r.name for r in runner.guard.rules}
         if objective == "topk_rkl_unnorm":
-            runner.retire_rules_fixed_by("topk_rkl_tail")          # what a rollback's switch does
+            runner.guard.retire_fixed_by("topk_rkl_tail")          # what a rollback's switch does
             assert "topk_mass_drain" not in {r.name for r in runner.guard.rules}
     assert "topk_mass_drain" in names["topk_rkl_unnorm"]
     assert "topk_mass_drain" not in names["topk_rkl_tail"]
     assert "repeat_loops" in names["topk_rkl_tail"]                  # other rules stay
+
+
+# ----------------------------------------------------------------------------- decisions (no training)
+
+def _alarm(name: str, action: str, onset: int = 3):
+    from opdkit.guard import Alarm
+    return Alarm(name, "m", 5, 1.0, None, action, onset, "")
+
+
+def test_most_severe_prefers_stop_then_rollback_and_ignores_warnings():
+    from opdkit.guard import most_severe
+    warn, back, stop = _alarm("w", "warn"), _alarm("b", "rollback"), _alarm("s", "stop")
+    assert most_severe([warn, back, stop]) is stop
+    assert most_severe([warn, back]) is back
+    assert most_severe([warn]) is None and most_severe([]) is None
+
+
+def test_rollback_plan_targets_the_newest_checkpoint_before_the_onset_and_compounds_the_lr():
+    from opdkit.guard import plan_rollback
+    rule = Rule("drain", "m", below=1.0, action="rollback", lr_factor=0.5, switch_objective="topk_rkl_tail")
+    plan = plan_rollback(rule, onset=7, checkpoint_steps=[8, 2, 6, 4], rollbacks=1, max_rollbacks=2,
+                         lr_scale=0.5, objective="topk_rkl_unnorm")
+    assert (plan.stop_reason, plan.to_step, plan.lr_scale, plan.objective) == ("", 6, 0.25, "topk_rkl_tail")
+    same = plan_rollback(rule, 7, [6], 0, 2, 1.0, objective="topk_rkl_tail")
+    assert same.objective == "" and same.lr_scale == 0.5             # already the remedy: no switch
+
+
+def test_rollback_plan_stops_when_out_of_retries_or_checkpoints():
+    from opdkit.guard import plan_rollback
+    rule = Rule("r", "m", above=1.0, action="rollback")
+    assert "2 rollbacks already" in plan_rollback(rule, 7, [6], 2, 2, 1.0, "rkl").stop_reason
+    assert "no checkpoint from before step 3" in plan_rollback(rule, 3, [3, 4], 0, 2, 1.0, "rkl").stop_reason
+
+
+def test_retire_fixed_by_drops_only_rules_whose_remedy_is_in_use():
+    guard = Guard.from_config()
+    guard.retire_fixed_by("rkl")
+    assert [r.name for r in guard.rules] == [r.name for r in DEFAULT_RULES]
+    guard.retire_fixed_by("topk_rkl_tail")
+    assert "topk_mass_drain" not in {r.name for r in guard.rules} and len(guard.rules) == len(DEFAULT_RULES) - 1

@@ -12,6 +12,10 @@ steps). All given bounds must hold; after `patience` consecutive steps the rule 
   multiply the learning rate (`lr_factor`) and switch the objective (`switch_objective`),
   and continue. `max_rollbacks` bounds the retries; then it stops.
 
+What the runner does about alarms is decided here by pure functions (`most_severe`,
+`plan_rollback`, `Guard.retire_fixed_by`), so the decisions are testable without training;
+the runner only carries them out (checkpoints, logs).
+
 The default rules are the collapse signatures of the paper: the student's mass draining off
 its own top-K (mechanism 2's "+1" term), hedge words and repeated 3-grams rising (the
 "maybe" loops), entropy collapsing, responses running to the budget, top-K overlap falling.
@@ -38,7 +42,7 @@ class Rule:
     lr_factor: float = 1.0
     switch_objective: str = ""
     # True for rules about a failure of other objectives: once `switch_objective` is in use
-    # (from the start or after a rollback) the rule is dropped (Runner.retire_rules_fixed_by).
+    # (from the start or after a rollback) the rule is dropped (Guard.retire_fixed_by).
     retire_when_switched: bool = False
     why: str = ""
 
@@ -169,6 +173,17 @@ class Guard:
     def rule(self, name: str) -> Rule:
         return next(r for r in self.rules if r.name == name)
 
+    def retire_fixed_by(self, objective: str) -> None:
+        """Drop rules marked retire_when_switched whose remedy is `objective`, once it is in use.
+
+        Such a rule watches for a failure of other objectives (topk_mass_drain: the biased
+        gradient of unnormalised top-K drains P_K). Under its remedy the watched metric has a
+        different, sound fixed point (the tail objective moves P_K to the teacher's Q_K, which
+        may sit below the start), so the same bound would raise false alarms and roll back
+        again and again.
+        """
+        self.rules = [r for r in self.rules if not (r.retire_when_switched and r.switch_objective == objective)]
+
     def reset_tracks(self) -> None:
         """After a rollback: forget the smoothed windows and streaks, keep the baselines."""
         self._tracks = {}
@@ -189,3 +204,41 @@ def describe_alarm(alarm: Alarm) -> str:
     base = "" if alarm.baseline is None else f" (baseline {alarm.baseline:.4g})"
     return (f"guard: {alarm.rule} at step {alarm.step}: {alarm.metric} = {alarm.value:.4g}{base}; "
             f"{alarm.why}; action: {alarm.action}")
+
+
+# ----------------------------------------------------------------------------- decisions
+
+def most_severe(alarms: list[Alarm]) -> Alarm | None:
+    """The alarm to act on: the first `stop`, else the first `rollback`; None when all only warn."""
+    for action in ("stop", "rollback"):
+        for alarm in alarms:
+            if alarm.action == action:
+                return alarm
+    return None
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """A rollback alarm's outcome: stop (`stop_reason`), or reload checkpoint `to_step` and go on
+    with the LR scale `lr_scale` and, when `objective` is set, that objective."""
+
+    stop_reason: str = ""
+    to_step: int = -1
+    lr_scale: float = 1.0
+    objective: str = ""
+
+
+def plan_rollback(rule: Rule, onset: int, checkpoint_steps: list[int], rollbacks: int, max_rollbacks: int,
+                  lr_scale: float, objective: str) -> RollbackPlan:
+    """Where a rollback for `rule` (condition since step `onset`) goes and what it changes.
+
+    checkpoint_steps: the steps of the completed checkpoints; the newest one before the onset is
+    the target. Stops instead after `max_rollbacks` rollbacks or when no checkpoint predates the onset.
+    """
+    if rollbacks >= max_rollbacks:
+        return RollbackPlan(stop_reason=f"{rollbacks} rollbacks already (guard.max_rollbacks)")
+    healthy = sorted(step for step in checkpoint_steps if step < onset)
+    if not healthy:
+        return RollbackPlan(stop_reason=f"no checkpoint from before step {onset} to roll back to")
+    switch = rule.switch_objective if rule.switch_objective and rule.switch_objective != objective else ""
+    return RollbackPlan(to_step=healthy[-1], lr_scale=lr_scale * rule.lr_factor, objective=switch)

@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 from opdkit.config import MODES, Config, ConfigError, _flatten, set_key, validate
-from opdkit.schedules import Criterion, LengthCurriculum, StageControl, parse_criterion, parse_length
+from opdkit.evaluate import eval_items
+from opdkit.schedules import Criterion, LengthCurriculum, StageControl, heldout_entropy, parse_criterion, parse_length
 
 KINDS = MODES + ("eval",)
 STAGE_KEYS = {"name", "kind", "student", "teacher", "config", "until", "schedule", "prompts", "models"}
@@ -252,7 +253,8 @@ def run_training_stage(recipe: Recipe, stage: Stage) -> dict:
     cfg = stage_config(recipe, stage)
     stage_dir = Path(cfg.run.out)
     session = build_stage_session(cfg, stage)
-    control = StageControl(stage.criterion, stage.length)
+    entropy = lambda max_new_tokens: heldout_entropy(session, eval_items(session), max_new_tokens)
+    control = StageControl(stage.criterion, stage.length, entropy if stage.length is not None else None)
     run(cfg, resume=stage_dir.exists(), session=session, control=control)
     del session
     export_run(stage_dir, stage_dir / "model")

@@ -1,26 +1,34 @@
-"""The run around the step: start, resume, evaluate, guard, checkpoint.
+"""The run around the step: start, resume, the loop, the guard's actions.
 
 `run(cfg, resume)` builds the session, restores the newest complete checkpoint when asked
-(weights, optimizer, scheduler, RNG, data position, guard state and any changes the guard
-made), runs the identity self-test and the "before" evaluation on a fresh run, then loops:
-step -> metrics -> guard -> checkpoint. A guard rollback reloads the newest checkpoint from
-before the alarm's onset, moves the abandoned metrics rows to `abandoned.jsonl`, applies
-the rule's changes (learning-rate factor, objective switch), reseeds sampling, and goes on.
+(`opdkit.run_checkpoint`), runs the identity self-test and the "before" evaluation on a
+fresh run, then loops: step -> metrics -> stage control -> guard -> checkpoint. The config
+is read once, into `LoopSettings` here and `StepSettings` for the step; what changes during
+the run is the `RunState`. The guard decides (`opdkit.guard`: which alarm, where a rollback
+goes, what it changes); the runner carries it out: a rollback reloads the chosen checkpoint,
+moves the abandoned metrics rows to `abandoned.jsonl`, applies the rule's changes
+(learning-rate factor, objective switch), reseeds sampling, and goes on.
+
+A recipe stage's control (`opdkit.schedules.StageControl`) is asked after every step with
+(step, metrics, state) and may end the stage; see `StageControl` for the three calls.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from opdkit import checkpoint, distributed
-from opdkit.config import Config, config_from_dict, save_config, to_dict
-from opdkit.diagnostics import with_diagnostics
-from opdkit.guard import Alarm, Guard, describe_alarm
-from opdkit.metrics import MetricLog
+from opdkit.config import Config, save_config
+from opdkit.evaluate import evaluate_session, gap_recovery, identity_self_test
+from opdkit.guard import Alarm, Guard, describe_alarm, most_severe, plan_rollback
+from opdkit.metrics import MetricLog, read_metrics
 from opdkit.optim import make_optimizer, set_peak_lr
 from opdkit.profile import PhaseTimer, breakdown, format_breakdown
+from opdkit.run_checkpoint import (Trainables, check_resume_config, load_weights_and_position, resumed_changes,
+                                   save_run)
 from opdkit.runstate import bind_objective, initial_state
 from opdkit.session import Session, build_session, new_stream
 from opdkit.train import StepSettings, TrainingError, train_step
@@ -30,89 +38,78 @@ class GuardStopped(TrainingError):
     """The guard stopped the run; the message is the alarm."""
 
 
-def checkpoint_modules(s: Session) -> dict:
-    return {"student": s.student, **(s.teacher.checkpoint_modules() if s.teacher is not None else {})}
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop reads from the config, as values (`from_config`, once per run)."""
 
+    mode: str
+    steps: int
+    save_every: int
+    keep_checkpoints: int
+    eval_every: int               # 0: no in-run evaluation (also when data.eval is empty)
+    sample_every: int
+    max_bad_steps: int
+    max_rollbacks: int
+    seed: int
+    progress: bool
+    profile: bool
+    objective_options: dict
 
-def check_resume_config(cfg: Config, run_dir: Path) -> None:
-    import yaml
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    old = to_dict(config_from_dict(yaml.safe_load(saved.read_text())))
-    new = to_dict(cfg)
-    # Only the length of the run and how it is spread over processes may change on resume.
-    old["optim"]["steps"] = new["optim"]["steps"]
-    old["run"]["parallel"] = new["run"]["parallel"]
-    old["run"]["progress"] = new["run"]["progress"]
-    old["run"]["profile"] = new["run"]["profile"]
-    if old != new:
-        diff = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) for k in new[sec] if old[sec].get(k) != new[sec][k]]
-        raise TrainingError(f"--resume with a different config than {saved}: {diff or ['mode']} changed; "
-                            f"start a new run directory or restore the original values")
+    @classmethod
+    def from_config(cls, cfg: Config) -> "LoopSettings":
+        r = cfg.run
+        return cls(cfg.mode, cfg.optim.steps, r.save_every, r.keep_checkpoints, r.eval_every if cfg.data.eval else 0,
+                   r.sample_every, r.max_bad_steps, cfg.guard.max_rollbacks, r.seed, r.progress, r.profile,
+                   dict(cfg.objective.options))
 
 
 class Runner:
     def __init__(self, s: Session, run_dir: Path, control=None):
-        self.s, self.cfg, self.run_dir = s, s.cfg, run_dir
-        # A stage's schedule and switch criterion (opdkit.recipe.StageControl): `resumed(runner)`,
-        # `after_step(runner, metrics)` may change settings and add metrics, `done(runner)` -> reason or None.
-        self.control = control
-        self.settings = StepSettings.from_config(self.cfg)
-        self.log = MetricLog(run_dir, self.cfg.run.trackers) if s.dist.main else distributed.NullLog(run_dir)
-        self.stream = new_stream(s)
-        self.optimizer, self.scheduler = make_optimizer(s.student, self.settings.optim)
-        g = self.cfg.guard
-        self.guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable) if g.enabled else None
-        self.state = initial_state(self.cfg)
-        self.retire_rules_fixed_by(self.state.objective_name)
+        cfg = s.cfg
+        self.s, self.run_dir, self.control = s, run_dir, control
+        self.loop_settings, self.settings = LoopSettings.from_config(cfg), StepSettings.from_config(cfg)
+        self.log = MetricLog(run_dir, cfg.run.trackers) if s.dist.main else distributed.NullLog(run_dir)
+        optimizer, scheduler = make_optimizer(s.student, self.settings.optim)
+        g = cfg.guard
+        guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable) if g.enabled else None
+        self.parts = Trainables(s, new_stream(s), optimizer, scheduler, guard)
+        self.state = initial_state(cfg)
+        if guard is not None:
+            guard.retire_fixed_by(self.state.objective_name)
         self.rows: list[dict] = []
 
     @property
     def step(self) -> int:
         return self.state.step
 
-    # ---------------------------------------------------------------- state
+    @property
+    def guard(self) -> Guard | None:
+        return self.parts.guard
+
+    # ---------------------------------------------------------------- checkpoints
     def save(self) -> Path:
-        state = {"step": self.step, "stream": self.stream.state_dict(),
-                 "optimizer": distributed.optimizer_state(self.s, self.optimizer),
-                 "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(),
-                 "bad_streak": self.state.bad_streak, "rollbacks": self.state.rollbacks, "changes": self.state.changes(),
-                 "guard": None if self.guard is None else self.guard.state_dict()}
-        path = distributed.save(self.s, self.run_dir, self.step, checkpoint_modules(self.s), state,
-                                self.cfg.run.keep_checkpoints)
+        path = save_run(self.parts, self.state, self.run_dir, self.loop_settings.keep_checkpoints)
         self.log.event(self.step, "checkpoint", path=str(path))
         return path
-
-    def load(self, path: Path) -> dict:
-        state = distributed.load(self.s, path, checkpoint_modules(self.s), self.optimizer)
-        self.stream.load_state_dict(state["stream"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        self.state.step, self.state.bad_streak = state["step"], state["bad_streak"]
-        return state
 
     def resume(self) -> None:
         path = checkpoint.latest(self.run_dir)
         if path is None:
             self.log.truncate_after(-1)        # an attempt that died before its first checkpoint left rows
             return
-        state = self.load(path)
-        self.state.rollbacks = state.get("rollbacks", 0)
-        changes = state.get("changes", {})
-        self.state.lr_scale = changes.get("lr_scale", 1.0)        # already in the scheduler's restored base LRs
-        if changes.get("objective"):
-            self.switch_objective(changes["objective"])
-        if self.guard is not None and state.get("guard"):
-            self.guard.load_state_dict(state["guard"])
+        saved = load_weights_and_position(self.parts, self.state, path)
+        self.state.rollbacks, self.state.lr_scale, objective = resumed_changes(saved)
+        if objective:
+            self.switch_objective(objective)
+        if self.guard is not None and saved.get("guard"):
+            self.guard.load_state_dict(saved["guard"])
         self.log.truncate_after(self.step)
         self.log.event(self.step, "resumed", checkpoint=str(path))
         if self.control is not None:
-            self.control.resumed(self)
+            self.control.resumed(self.logged_rows(), self.state)
 
     # ---------------------------------------------------------------- start
     def start(self) -> None:
-        from opdkit.evaluate import evaluate_session, identity_self_test
         with self.s.dist.full_weights():
             identity = identity_self_test(self.s)
         if not identity < 1e-4:
@@ -120,31 +117,30 @@ class Runner:
                                 f"(expected 0); the scoring path misaligns prompts or positions")
         self.log.event(0, "start", skipped_prompts=self.s.skipped_prompts, notes=self.s.report.notes,
                        identity_kl=identity)
-        if self.cfg.run.eval_every and self.cfg.data.eval:       # the "before" numbers, logged as step 0
+        if self.loop_settings.eval_every:       # the "before" numbers, logged as step 0
             with self.s.dist.full_weights():
-                result = evaluate_session(self.s, teacher_side=True)
+                result = evaluate_session(self.s, teacher_side=True, max_new_tokens=self.state.max_new_tokens)
             self.log.log(0, {f"eval/{k}": v for k, v in result.items()})
 
     # ---------------------------------------------------------------- the loop
     def loop(self, until: int | None = None) -> list[dict]:
         """Steps until optim.steps (or `until`, sooner: benchmarks stop before the final checkpoint)."""
-        from tqdm import tqdm
-        cfg = self.cfg
-        last = cfg.optim.steps if until is None else min(until, cfg.optim.steps)
-        self.bar = tqdm(total=last, initial=self.step, desc=cfg.mode, disable=not (cfg.run.progress and self.s.dist.main),
+        c = self.loop_settings
+        last = c.steps if until is None else min(until, c.steps)
+        self.bar = tqdm(total=last, initial=self.step, desc=c.mode, disable=not (c.progress and self.s.dist.main),
                         dynamic_ncols=True)
         try:
             while self.step < last and not self.switched():
                 self.one_step()
         finally:
             self.bar.close()
-        if cfg.run.profile and self.rows and self.s.dist.main:
+        if c.profile and self.rows and self.s.dist.main:
             print(format_breakdown(breakdown(self.rows), max(1, len(self.rows) - 1)))
         return self.rows
 
     def switched(self) -> bool:
         """The control's criterion ended the run early: checkpoint this step (the stage's output) and stop."""
-        reason = None if self.control is None or self.step == 0 else self.control.done(self)
+        reason = None if self.control is None or self.step == 0 else self.control.done(self.step, self.logged_rows())
         if reason is None:
             return False
         latest = checkpoint.latest(self.run_dir)
@@ -154,58 +150,65 @@ class Runner:
         return True
 
     def one_step(self) -> None:
-        from opdkit.evaluate import evaluate_session, gap_recovery
-        cfg = self.cfg
-        timer = PhaseTimer(sync=cfg.run.profile)
-        outcome = train_step(self.s, self.settings, self.state, self.stream, self.optimizer, self.scheduler, timer)
+        c, p = self.loop_settings, self.parts
+        timer = PhaseTimer(sync=c.profile)
+        outcome = train_step(self.s, self.settings, self.state, p.stream, p.optimizer, p.scheduler, timer)
         self.state.step += 1
         self.state.bad_streak = 0 if outcome.finite else self.state.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
-        if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and cfg.data.eval:
+        if c.eval_every and self.step % c.eval_every == 0:
             with self.s.dist.full_weights():
                 result = evaluate_session(self.s, max_new_tokens=self.state.max_new_tokens)
             result.update(gap_recovery(self.before_eval(), result))
             metrics.update({f"eval/{k}": v for k, v in result.items()})
         if self.control is not None:
-            self.control.after_step(self, metrics)
+            self.control.after_step(self.step, metrics, self.state)
+        self.record(metrics, outcome.texts, timer)
+        if not outcome.finite:
+            self.nonfinite(metrics)
+        elif self.guard is not None and self.act(self.guard.observe(self.step, metrics)):
+            return                                  # rolled back: the step counter moved back
+        if self.step % c.save_every == 0 or self.step == c.steps:
+            self.save()
+
+    def record(self, metrics: dict, texts: list[str], timer: PhaseTimer) -> None:
+        """Log the step's metrics (and sampled texts), keep its row, move the progress bar."""
         with timer("logging"):
             self.log.log(self.step, metrics)
-            every = cfg.run.sample_every
-            if every and (self.step == 1 or self.step % every == 0 or self.step == cfg.optim.steps):
-                self.log.samples(self.step, outcome.texts)
+            every = self.loop_settings.sample_every
+            if every and (self.step == 1 or self.step % every == 0 or self.step == self.loop_settings.steps):
+                self.log.samples(self.step, texts)
         # metrics.jsonl was written before the logging finished: its cost reaches only the in-memory rows
         self.rows.append({"step": self.step, **metrics, "time/logging_s": timer.seconds["logging"],
                           "time/step_s": metrics["time/step_s"] + timer.seconds["logging"]})
         self.bar.n = self.step
         self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", len=f"{metrics['rollout/length_mean']:.1f}")
-        if not outcome.finite:
-            self.nonfinite(metrics)
-        elif self.guard is not None and self.act(self.guard.observe(self.step, metrics)):
-            return                                  # rolled back: the step counter moved back
-        if self.step % cfg.run.save_every == 0 or self.step == cfg.optim.steps:
-            self.save()
+
+    def logged_rows(self) -> list[dict]:
+        """Every metrics row this run directory holds (the stage control's criteria read them)."""
+        return read_metrics(self.log.path) if self.log.path.is_file() else []
 
     def before_eval(self) -> dict:
         """The step-0 evaluation of this run (from metrics.jsonl, so it survives resumes)."""
-        from opdkit.metrics import read_metrics
-        rows = read_metrics(self.log.path) if self.log.path.is_file() else []
-        first = next((r for r in rows if r["step"] == 0), {})
+        first = next((r for r in self.logged_rows() if r["step"] == 0), {})
         return {k[len("eval/"):]: v for k, v in first.items() if k.startswith("eval/")}
 
     def nonfinite(self, metrics: dict) -> None:
         self.log.event(self.step, "skipped_nonfinite", loss=str(metrics["train/loss"]),
                        grad_norm=str(metrics["train/grad_norm"]))
-        if self.state.bad_streak >= self.cfg.run.max_bad_steps:
+        if self.state.bad_streak >= self.loop_settings.max_bad_steps:
             self.save()
-            raise TrainingError(f"{self.state.bad_streak} non-finite steps in a row (loss {metrics['train/loss']}, grad norm "
-                                f"{metrics['train/grad_norm']}); the weights were not updated by them. Check the "
+            raise TrainingError(f"{self.state.bad_streak} non-finite steps in a row (loss {metrics['train/loss']}, grad "
+                                f"norm {metrics['train/grad_norm']}); the weights were not updated by them. Check the "
                                 f"teacher's logits and lower optim.lr; events are in {self.log.events}")
 
     def switch_objective(self, name: str) -> None:
         """Use objective `name` from now on, keeping the configured options it accepts (k, support, ...)."""
-        self.state.objective = bind_objective(name, self.cfg.objective.options, self.settings.diagnostics, strict=False)
+        self.state.objective = bind_objective(name, self.loop_settings.objective_options, self.settings.diagnostics,
+                                              strict=False)
         self.state.objective_name, self.state.switched = name, True
-        self.retire_rules_fixed_by(name)
+        if self.guard is not None:
+            self.guard.retire_fixed_by(name)
 
     # ---------------------------------------------------------------- the guard's actions
     def act(self, alarms: list[Alarm]) -> bool:
@@ -213,11 +216,10 @@ class Runner:
         for alarm in alarms:
             self.log.event(self.step, "alarm", **{k: v for k, v in asdict(alarm).items() if k != "step"})
             self.bar.write(describe_alarm(alarm))
-        for action in ("stop", "rollback"):
-            for alarm in alarms:
-                if alarm.action == action:
-                    return self.stop(alarm) if action == "stop" else self.rollback(alarm)
-        return False
+        alarm = most_severe(alarms)
+        if alarm is None:
+            return False
+        return self.stop(alarm) if alarm.action == "stop" else self.rollback(alarm)
 
     def stop(self, alarm: Alarm, reason: str = "") -> bool:
         self.save()
@@ -225,36 +227,22 @@ class Runner:
         raise GuardStopped(describe_alarm(alarm) + (f"; {reason}" if reason else "") +
                            f". Checkpoint saved at step {self.step}; see {self.log.events}")
 
-    def retire_rules_fixed_by(self, objective: str) -> None:
-        """Drop rules marked retire_when_switched whose remedy is `objective`, once it is in use.
-
-        Such a rule watches for a failure of other objectives (topk_mass_drain: the biased
-        gradient of unnormalised top-K drains P_K). Under its remedy the watched metric has a
-        different, sound fixed point (the tail objective moves P_K to the teacher's Q_K, which
-        may sit below the start), so the same bound would raise false alarms and roll back
-        again and again.
-        """
-        if self.guard is not None:
-            self.guard.rules = [r for r in self.guard.rules
-                                if not (r.retire_when_switched and r.switch_objective == objective)]
-
     def rollback(self, alarm: Alarm) -> bool:
-        healthy = [p for p in checkpoint.completed(self.run_dir) if int(p.name.split("_")[1]) < alarm.onset]
-        if self.state.rollbacks >= self.cfg.guard.max_rollbacks:
-            return self.stop(alarm, f"{self.state.rollbacks} rollbacks already (guard.max_rollbacks)")
-        if not healthy:
-            return self.stop(alarm, f"no checkpoint from before step {alarm.onset} to roll back to")
+        done = {int(path.name[len(checkpoint.PREFIX):]): path for path in checkpoint.completed(self.run_dir)}
+        plan = plan_rollback(self.guard.rule(alarm.rule), alarm.onset, list(done), self.state.rollbacks,
+                             self.loop_settings.max_rollbacks, self.state.lr_scale, self.state.objective_name)
+        if plan.stop_reason:
+            return self.stop(alarm, plan.stop_reason)
         failed_at = self.step
-        self.load(healthy[-1])
+        load_weights_and_position(self.parts, self.state, done[plan.to_step])
         self.state.rollbacks += 1
         self.log.move_after(self.step, "abandoned.jsonl")
-        rule = self.guard.rule(alarm.rule)
-        if rule.lr_factor != 1.0:
-            self.state.lr_scale *= rule.lr_factor
-            set_peak_lr(self.optimizer, self.scheduler, self.settings.optim, self.state.lr_scale)
-        if rule.switch_objective and rule.switch_objective != self.state.objective_name:
-            self.switch_objective(rule.switch_objective)
-        torch.manual_seed(self.cfg.run.seed + 7919 * self.state.rollbacks)   # a replay must not repeat the same samples
+        if plan.lr_scale != self.state.lr_scale:
+            self.state.lr_scale = plan.lr_scale
+            set_peak_lr(self.parts.optimizer, self.parts.scheduler, self.settings.optim, plan.lr_scale)
+        if plan.objective:
+            self.switch_objective(plan.objective)
+        torch.manual_seed(self.loop_settings.seed + 7919 * self.state.rollbacks)   # a replay must not repeat the samples
         self.guard.reset_tracks()
         self.log.event(self.step, "rollback", rule=alarm.rule, from_step=failed_at, to_step=self.step,
                        changes=self.state.changes())
@@ -263,7 +251,7 @@ class Runner:
 
 
 def run(cfg: Config, resume: bool = False, session: Session | None = None, control=None) -> list[dict]:
-    """Train; returns the metrics rows logged by this call. `control`: see Runner."""
+    """Train; returns the metrics rows logged by this call. `control`: see `opdkit.schedules.StageControl`."""
     run_dir = Path(cfg.run.out)
     if not resume and checkpoint.latest(run_dir) is not None:
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")

@@ -22,10 +22,14 @@ The current length is logged as `schedule/max_new_tokens` each step and restored
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from opdkit.checkpoint import seeded
 from opdkit.config import ConfigError
+from opdkit.evaluate import _generate
+from opdkit.forward import model_head, pack
 
 
 # ----------------------------------------------------------------------------- switch criteria
@@ -131,9 +135,6 @@ def parse_length(where: str, spec) -> LengthCurriculum:
 def heldout_entropy(s, items: list, max_new_tokens: int) -> float:
     """Token-mean entropy of the student on its own temperature-1 samples (at most `max_new_tokens`)
     for held-out prompts."""
-    from opdkit.checkpoint import seeded
-    from opdkit.evaluate import _generate
-    from opdkit.forward import model_head, pack
     total, tokens = 0.0, 0.0
     with seeded(4321):
         rollouts = _generate(s, items, greedy=False, max_new_tokens=max_new_tokens)
@@ -150,34 +151,37 @@ def heldout_entropy(s, items: list, max_new_tokens: int) -> float:
 # ----------------------------------------------------------------------------- the runner's control
 
 class StageControl:
-    """What the runner asks a recipe stage after each step: see `opdkit.runner.Runner`."""
+    """What the runner asks a recipe stage: three calls with values, never the runner itself.
 
-    def __init__(self, criterion: Criterion | None = None, length: LengthCurriculum | None = None):
-        self.criterion, self.length = criterion, length
+    - `resumed(rows, state)`: after a resume, with every metrics row logged so far;
+    - `after_step(step, metrics, state)`: may change `state.max_new_tokens` and add metrics;
+    - `done(step, rows)`: why the stage ends now (None: go on).
 
-    def resumed(self, runner) -> None:
+    measure_entropy(max_new_tokens) -> the student's held-out entropy (the length gate's input).
+    """
+
+    def __init__(self, criterion: Criterion | None = None, length: LengthCurriculum | None = None,
+                 measure_entropy: Callable[[int], float] | None = None):
+        if length is not None and measure_entropy is None:
+            raise ValueError("a length curriculum needs measure_entropy")
+        self.criterion, self.length, self.measure_entropy = criterion, length, measure_entropy
+
+    def resumed(self, rows: list[dict], state) -> None:
         if self.length is None:
             return
-        from opdkit.metrics import read_metrics
-        logged = [r["schedule/max_new_tokens"] for r in read_metrics(runner.log.path)
-                  if "schedule/max_new_tokens" in r] if runner.log.path.is_file() else []
+        logged = [r["schedule/max_new_tokens"] for r in rows if "schedule/max_new_tokens" in r]
         if logged:
-            runner.state.max_new_tokens = int(logged[-1])
+            state.max_new_tokens = int(logged[-1])
 
-    def after_step(self, runner, metrics: dict) -> None:
+    def after_step(self, step: int, metrics: dict, state) -> None:
         if self.length is None:
             return
-        state = runner.state
-        if runner.step % self.length.every == 0:
-            from opdkit.evaluate import eval_items
-            entropy = heldout_entropy(runner.s, eval_items(runner.s), state.max_new_tokens)
+        if step % self.length.every == 0:
+            entropy = self.measure_entropy(state.max_new_tokens)
             metrics["schedule/heldout_entropy"] = entropy
             state.max_new_tokens = next_length(state.max_new_tokens, entropy, self.length.entropy_floor,
                                                self.length.step, self.length.max)
         metrics["schedule/max_new_tokens"] = state.max_new_tokens
 
-    def done(self, runner) -> str | None:
-        if self.criterion is None or not runner.log.path.is_file():
-            return None
-        from opdkit.metrics import read_metrics
-        return self.criterion.reason(read_metrics(runner.log.path))
+    def done(self, step: int, rows: list[dict]) -> str | None:
+        return None if self.criterion is None else self.criterion.reason(rows)
