@@ -20,7 +20,7 @@ def _served(n=4, k=3):
 
 
 def test_full_vocabulary_objective_refuses_top_k_only_teacher():
-    with pytest.raises(ValueError, match=r"'rkl' needs logprobs: full teacher log-probabilities.*support='teacher'"):
+    with pytest.raises(ValueError, match=r"'rkl' needs logprobs: full teacher log-probabilities.*support=teacher"):
         make_objective("rkl")(torch.randn(4, V), _served())
 
 

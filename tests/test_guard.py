@@ -166,3 +166,30 @@ def test_retire_fixed_by_drops_only_rules_whose_remedy_is_in_use():
     assert [r.name for r in guard.rules] == [r.name for r in DEFAULT_RULES]
     guard.retire_fixed_by("topk_rkl_tail")
     assert "topk_mass_drain" not in {r.name for r in guard.rules} and len(guard.rules) == len(DEFAULT_RULES) - 1
+
+
+def test_a_rules_switch_objective_is_checked_when_the_config_loads(tiny_dir, tmp_path):
+    from opdkit.config import ConfigError
+
+    def load(rule: dict, **extra):
+        return load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / "r", **{
+            "model.teacher": tiny_dir / "teacher", "guard.rules": json.dumps([dict(_EPOCH_RULE, **rule)]), **extra}))
+    with pytest.raises(ConfigError, match="switch_objective 'topk_rkl_tial' is not an objective.*'topk_rkl_tail'"):
+        load({"action": "rollback", "switch_objective": "topk_rkl_tial"})
+    with pytest.raises(ConfigError, match="same teacher"):
+        load({"action": "rollback", "switch_objective": "sft"})
+    with pytest.raises(ConfigError, match="served teacher returns only its top-k"):
+        load({"action": "rollback", "switch_objective": "rkl"}, **{
+            "teacher.url": "http://x/v1", "objective.name": "sampled_rkl"})
+    with pytest.raises(ConfigError, match="guard.rules: guard rule 'late': action must be one of"):
+        load({"action": "explode"})
+    assert load({"action": "rollback", "switch_objective": "topk_rkl_sg"}).guard.rules     # a valid rule loads
+
+
+def test_a_bad_rule_is_one_error_line_from_the_cli(tiny_dir, tmp_path, capsys):
+    from opdkit import cli
+    rule = json.dumps([dict(_EPOCH_RULE, action="rollback", switch_objective="nope")])
+    code = cli.main(["distill", *engine_overrides(tiny_dir, tmp_path / "r", **{"model.teacher": tiny_dir / "teacher"}),
+                     f"guard.rules={rule}"])
+    assert code == 2 and "opdkit: error: guard rule 'late': switch_objective 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()                       # refused before anything was written

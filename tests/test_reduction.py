@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from opdkit.objectives import make_objective
-from opdkit.reduction import count_tokens, masked_mean, token_mean
+from opdkit.reduction import token_mean, token_weights
 from opdkit.scores import ObjectiveInputs, TeacherScores
 
 
@@ -21,7 +21,7 @@ def test_accumulated_micro_batches_equal_one_big_batch():
     g = torch.Generator().manual_seed(0)
     losses = [torch.rand(2, 5, generator=g), torch.rand(3, 11, generator=g)]
     masks = [torch.ones(2, 5), (torch.rand(3, 11, generator=g) > 0.2).float()]
-    n = count_tokens(masks)
+    n = sum(m.sum() for m in masks)                       # the whole step's loss-bearing tokens
     accumulated = sum(token_mean(l, m, n) for l, m in zip(losses, masks, strict=True))
     flat = torch.cat([l[m > 0] for l, m in zip(losses, masks, strict=True)])
     torch.testing.assert_close(accumulated, flat.mean())
@@ -52,5 +52,7 @@ def test_masked_positions_change_neither_loss_nor_gradient():
     assert grad_a[mask == 0].abs().max() == 0
 
 
-def test_masked_mean_of_empty_mask_is_zero():
-    assert masked_mean(torch.rand(3), torch.zeros(3)) == 0
+def test_token_weights_sum_to_one_over_the_step_and_never_divide_by_zero():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(token_weights(mask, mask.sum()).sum(), torch.tensor(1.0))
+    assert token_weights(torch.zeros(2, 3), 0.0).abs().sum() == 0

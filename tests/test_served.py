@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from opdkit.served import ServedTeacher, ServedTeacherError, check_objective, parse_scores
+from opdkit.objectives import TOP_K, teacher_mismatch
+from opdkit.served import ServedTeacher, ServedTeacherError, parse_scores
 
 # vLLM /v1/completions with prompt=[5, 7, 9, 11], prompt_logprobs=2, max_tokens=1 (the shape of
 # vllm.entrypoints.openai.protocol.CompletionResponseChoice.prompt_logprobs): entry 0 is null; each
@@ -38,15 +39,14 @@ def test_bad_answers_are_named():
 
 def test_full_vocabulary_objectives_are_refused_and_topk_ones_accepted():
     for name, options in [("rkl", {}), ("jsd", {}), ("topk_rkl_tail", {}), ("topk_rkl_sg", {"support": "union"})]:
-        with pytest.raises(ValueError, match="served teacher returns only its top-k"):
-            check_objective(name, options)
+        assert "served teacher returns only its top-k" in teacher_mismatch(name, options, TOP_K)
     for name, options in [("sampled_rkl", {}), ("topk_fkl_teacher", {}), ("topk_rkl_tail", {"support": "teacher"})]:
-        check_objective(name, options)
+        assert teacher_mismatch(name, options, TOP_K) is None
 
 
 def test_temperature_other_than_one_warns():
     with pytest.warns(UserWarning, match="temperature 1"):
-        ServedTeacher("http://x/v1", "t", None, 2, "sampled_rkl", {}, temperature=0.7)
+        ServedTeacher("http://x/v1", "t", None, 2, temperature=0.7)
 
 
 def vllm_server(model, k: int):
@@ -131,8 +131,7 @@ def test_scores_over_real_http_from_a_server_speaking_vllms_format(monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        teacher = ServedTeacher(f"http://127.0.0.1:{server.server_port}/v1/", "teacher", lambda example: [5, 7], 2,
-                                "sampled_rkl", {})
+        teacher = ServedTeacher(f"http://127.0.0.1:{server.server_port}/v1/", "teacher", lambda example: [5, 7], 2)
         scores = teacher.score(["example"], [[9, 11]])
     finally:
         server.shutdown()

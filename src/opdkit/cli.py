@@ -23,16 +23,35 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from opdkit import checkpoint
+from opdkit.checkpoint import CheckpointError
+from opdkit.config import ConfigError, field_docs, load_config
+from opdkit.data import DataError
+from opdkit.evaluate import evaluate_session, identity_self_test, sample_answers
+from opdkit.export import export_run
+from opdkit.lab import fixed_points, reproduce, sweep
+from opdkit.models import ModelError
+from opdkit.objectives import describe
+from opdkit.plots import plot_run
+from opdkit.probes import PROBES, format_probe
+from opdkit.recipe import load_recipe, run_recipe
+from opdkit.report import build_report
+from opdkit.runner import run
+from opdkit.session import build_session
+from opdkit.tasks import write_task
+from opdkit.train import TrainingError
+
+
+# Exceptions that report bad input (printed as one message) rather than a bug (traceback).
+USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrainingError)
 
 
 def _objectives(args: argparse.Namespace) -> int:
-    from opdkit.objectives import describe
     print(describe())
     return 0
 
 
 def _lab_fixed_points(args: argparse.Namespace) -> int:
-    from opdkit.lab import fixed_points
     rows = fixed_points.run(args.out, positions=args.positions, vocab=args.vocab, k=args.k,
                             steps=args.steps, lr=args.lr, seed=args.seed)
     print(fixed_points.format_table(rows))
@@ -42,15 +61,12 @@ def _lab_fixed_points(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from opdkit.config import field_docs
     for key, default, text in field_docs():
         print(f"{key:<28} {default!r:<24} {text}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from opdkit.config import load_config
-    from opdkit.runner import run
     overrides = list(args.overrides) + (["run.profile=true"] if args.profile else [])
     cfg = load_config(args.command, args.config, overrides)
     rows = run(cfg, resume=args.resume)
@@ -63,16 +79,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     import json
-    from opdkit.config import load_config
-    from opdkit.evaluate import evaluate_session
-    from opdkit.session import build_session
     cfg = load_config(args.mode, args.config, args.overrides, need_train=False)
-    from opdkit.config import ConfigError
     if not cfg.data.eval:
         raise ConfigError("eval needs data.eval (a JSONL file of held-out prompts)")
     session = build_session(cfg, load_train=False)
     if args.checkpoint is not None:
-        from opdkit import checkpoint
         path = args.checkpoint if (args.checkpoint / "state.pt").is_file() else checkpoint.latest(args.checkpoint)
         if path is None:
             raise checkpoint.CheckpointError(f"{args.checkpoint} holds no complete checkpoint")
@@ -80,16 +91,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"student weights from {path}", file=sys.stderr)
     result = evaluate_session(session, teacher_side=args.teacher_side)
     if args.show:
-        from opdkit.evaluate import sample_answers
         result["samples"] = [{"prompt": p, "answer": a} for p, a in sample_answers(session, args.show)]
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from opdkit.config import load_config
-    from opdkit.evaluate import identity_self_test
-    from opdkit.session import build_session
     cfg = load_config(args.mode, args.config, args.overrides)
     s = build_session(cfg)
     print(f"vocabulary: {s.vocab} ids scored; prompts: {len(s.items)} kept, {s.skipped_prompts} over the limit")
@@ -102,22 +109,17 @@ def _preflight(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from opdkit.plots import plot_run
     print(f"wrote {plot_run(args.run_dir, args.out)}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from opdkit.export import export_run
     print(f"wrote {export_run(args.run_dir, args.out, args.checkpoint)}")
     return 0
 
 
 def _probe(args: argparse.Namespace) -> int:
     import json
-    from opdkit.config import load_config
-    from opdkit.probes import PROBES, format_probe
-    from opdkit.session import build_session
     mode = args.mode or ("self-distill" if args.probe == "pi" else "distill")
     session = build_session(load_config(mode, args.config, args.overrides))
     result = PROBES[args.probe](session, prompts=args.prompts)
@@ -131,19 +133,16 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from opdkit.report import build_report
     print(f"wrote {build_report(args.run_dirs, args.out)}")
     return 0
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from opdkit.recipe import load_recipe, run_recipe
     run_recipe(load_recipe(args.file, args.out), resume=args.resume)
     return 0
 
 
 def _task(args: argparse.Namespace) -> int:
-    from opdkit.tasks import write_task
     train, heldout = write_task(args.out, args.n, args.n_heldout, args.heldout, args.seed, args.max_operand)
     print(f"wrote {train} and {heldout}")
     return 0
@@ -155,14 +154,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _lab_sweep(args: argparse.Namespace) -> int:
-    from opdkit.lab import sweep
     print(sweep.format_table(sweep.run_sweep(args.out, steps=args.steps)))
     print(f"\nwrote {args.out / 'sweep.json'}")
     return 0
 
 
 def _lab_reproduce(args: argparse.Namespace) -> int:
-    from opdkit.lab import reproduce
     rows = reproduce.reproduce(args.out, quick=args.quick, only=args.only, seeds=args.seeds)
     print(reproduce.format_table(rows))
     print(f"\nwrote {args.out / 'claims.json'} and {args.out / 'report.html'}")
@@ -281,19 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_transformers()
     try:
         return args.func(args)
-    except USER_ERRORS() as e:
+    except USER_ERRORS as e:
         print(f"opdkit: error: {e}", file=sys.stderr)
         return 2
-
-
-def USER_ERRORS() -> tuple[type, ...]:
-    """Exceptions that report bad input (printed as one message) rather than a bug (traceback)."""
-    from opdkit.checkpoint import CheckpointError
-    from opdkit.config import ConfigError
-    from opdkit.data import DataError
-    from opdkit.models import ModelError
-    from opdkit.train import TrainingError
-    return (ConfigError, DataError, ModelError, CheckpointError, TrainingError)
 
 
 if __name__ == "__main__":

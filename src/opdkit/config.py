@@ -17,6 +17,10 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from opdkit.guard import Guard
+from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
+from opdkit.checkpoint import atomic_write_text
+
 MODES = ("sft", "distill", "self-distill", "grpo")
 # Top-K RKL with a tail bucket: sound (p = q on K and on the tail), works with served
 # (top-k only) teachers, and on the tiny testbed it converged from students that the
@@ -313,6 +317,51 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         raise ConfigError(f"rollout.top_p must lie in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be positive (greedy decoding is for eval only)")
+    provides = TOP_K if cfg.teacher.url else FULL
+    if cfg.objective_name in OBJECTIVES:          # unknown names: make_objective says which is closest
+        problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
+        if problem:
+            raise ConfigError(problem)
+    if cfg.guard.enabled:
+        validate_guard(cfg, provides)
+
+
+def validate_guard(cfg: Config, provides: str) -> None:
+    """Guard rules as they will run, and each rule's switch_objective, checked before anything loads.
+
+    A rule the user wrote must switch to an objective that exists, takes the configured options
+    it keeps, needs a teacher exactly when the run's objective does, and works with the teacher
+    (a served teacher has only its top-k). Default rules are checked by name (their remedy,
+    topk_rkl_tail, fires only for top-K objectives).
+    """
+    g = cfg.guard
+    try:
+        guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable)
+    except ValueError as e:
+        raise ConfigError(f"guard.rules: {e}") from None
+    written = {spec.get("name") for spec in g.rules if isinstance(spec, dict)}
+    for rule in guard.rules:
+        target = rule.switch_objective
+        if not target:
+            continue
+        where = f"guard rule {rule.name!r}: switch_objective {target!r}"
+        if target not in OBJECTIVES:
+            close = difflib.get_close_matches(target, OBJECTIVES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where} is not an objective.{hint} `opdkit objectives` lists them")
+        if rule.name not in written:
+            continue
+        if needs_teacher(target) != needs_teacher(cfg.objective_name):
+            raise ConfigError(f"{where}: a rule can switch only between objectives that use the same teacher; "
+                              f"the run's {cfg.objective_name!r} and {target!r} differ")
+        options = {k: v for k, v in cfg.objective.options.items() if k in accepted_options(target)}
+        try:
+            make_objective(target, **options)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        problem = teacher_mismatch(target, options, provides)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -320,7 +369,6 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from opdkit.checkpoint import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

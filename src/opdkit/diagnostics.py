@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from opdkit.scores import ObjectiveInputs, upcast
+from opdkit.topk import rank_of
 
 HEDGE_WORDS = ("wait", "but", "maybe", "hmm", "alternatively")
 _WORD = re.compile(r"[A-Za-z']+")
@@ -74,7 +75,7 @@ def token_diagnostics(logits: Tensor, inputs: ObjectiveInputs, k: int = 20) -> d
     if teacher.logprobs is not None:
         logq = upcast(teacher.logprobs)
         logq_y = logq.gather(-1, ids).squeeze(-1)
-        out["teacher_rank"] = (logq > logq_y.unsqueeze(-1)).sum(-1).float()
+        out["teacher_rank"] = rank_of(logq, inputs.ids)
     elif teacher.sampled_logprobs is not None:
         logq_y = upcast(teacher.sampled_logprobs)
     if logq_y is not None:

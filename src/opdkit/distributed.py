@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from opdkit.config import ConfigError
+from opdkit import checkpoint
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -219,7 +220,6 @@ def _param_names(s, optimizer) -> list[str]:
 
 def save(s, run_dir: Path, step: int, modules: dict, state: dict, keep: int) -> Path:
     """Gather on every rank, write on rank 0 (atomic), wait; returns the checkpoint path."""
-    from opdkit import checkpoint
     if s.dist.strategy == "fsdp":
         modules = {**modules, "student": _fsdp_student_state(s)}
     path = Path(run_dir) / "checkpoints" / f"{checkpoint.PREFIX}{step:08d}"
@@ -231,7 +231,6 @@ def save(s, run_dir: Path, step: int, modules: dict, state: dict, keep: int) -> 
 
 def load(s, path: Path, modules: dict, optimizer) -> dict:
     """Load a checkpoint written at any world size into this rank's (possibly sharded) student."""
-    from opdkit import checkpoint
     if s.dist.strategy != "fsdp":
         state = checkpoint.load(path, modules)
         optimizer.load_state_dict(state["optimizer"])

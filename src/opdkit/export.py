@@ -16,11 +16,11 @@ import yaml
 
 from opdkit import checkpoint
 from opdkit.config import config_from_dict
+from opdkit.models import load_model, load_tokenizer
+from opdkit.session import _lora
 
 
 def export_run(run_dir: str | Path, out: str | Path, step_dir: str | Path | None = None) -> Path:
-    from opdkit.models import load_model, load_tokenizer
-    from opdkit.session import _lora
     run_dir, out = Path(run_dir), Path(out)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from opdkit.data import messages, render
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -134,7 +135,6 @@ def compare_eos(student_tok, teacher_tok, report: PairReport) -> None:
 
 
 def compare_templates(student_tok, teacher_tok, choice: str, report: PairReport) -> None:
-    from opdkit.data import messages, render
     probe = messages("What is 2 + 3?", system="Be brief.")
     if render(student_tok, probe) == render(teacher_tok, probe):
         return

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from opdkit.scores import ObjectiveInputs, ObjectiveOutput, check_shapes, require, upcast
+from opdkit.scores import ObjectiveInputs, ObjectiveOutput, check_shapes, upcast
+from opdkit.scores import require as _require_fields
 from opdkit import topk as topk_lib
 
 
@@ -30,6 +31,11 @@ from opdkit import topk as topk_lib
 
 def _logp(logits: Tensor) -> Tensor:
     return F.log_softmax(upcast(logits), dim=-1)
+
+
+def require(objective: str, inputs: ObjectiveInputs, needs: tuple[str, ...]) -> None:
+    """`opdkit.scores.require`, naming the objectives a top-k-only teacher supports (from the table)."""
+    _require_fields(objective, inputs, needs, hint=topk_teacher_objectives())
 
 
 def _gather(t: Tensor, ids: Tensor) -> Tensor:
@@ -94,10 +100,7 @@ def sampled_rkl(logits: Tensor, inputs: ObjectiveInputs, clip: float | None = No
     reward = teacher_logprob_of_sampled(inputs, "sampled_rkl") - logp_y.detach()
     loss = policy_gradient_loss(logp_y, reward, inputs.behaviour_logprobs, clip)
     metrics = topk_lib.position_metrics(logp.detach(), inputs.teacher, diagnostic_k)
-    metrics["reward"] = reward
-    metrics["negative_reward"] = (reward < 0).float()
-    if inputs.teacher.logprobs is not None:
-        metrics["teacher_rank"] = topk_lib.rank_of(inputs.teacher.logprobs, inputs.ids)
+    metrics["reward"] = reward       # its sign and the teacher's rank of y: opdkit.diagnostics.token_diagnostics
     return ObjectiveOutput(loss, metrics)
 
 
@@ -203,48 +206,70 @@ def grpo(logits: Tensor, inputs: ObjectiveInputs, clip: float | None = 0.2) -> O
 
 # ----------------------------------------------------------------------------- the table
 
+# What an objective needs from its teacher (the one place these capabilities are defined;
+# the session, the served teacher, the runner, the guard rules and `opdkit objectives` read them).
+FULL = "full"              # log q at any token id: a local teacher
+TOP_K = "top-k"            # the teacher's top-k and its log q of the sampled token: any teacher, served ones too
+NO_TEACHER = "none"        # sft, grpo
+# Top-K RKL supports that need log q at the student's own top-K ids, which only a full teacher has.
+FULL_SUPPORTS = ("student", "union")
+
+
 @dataclass(frozen=True)
 class ObjectiveSpec:
     fn: Callable[..., ObjectiveOutput]
     options: dict                 # fixed options that define this name (e.g. norm='none')
-    teacher: str                  # what the teacher must provide: full | top-k | sampled | none
+    teacher: str                  # FULL | TOP_K | NO_TEACHER: what the teacher must provide
     sound: bool | None            # zero loss and gradient when student == teacher (None: no teacher)
     description: str
     fixed_point: str
+    support_decides: bool = False     # top-K RKL: FULL_SUPPORTS need FULL, the others TOP_K
+
+    def needs(self, options: dict) -> str:
+        """What the teacher must provide for this objective with `options` (FULL, TOP_K or NO_TEACHER)."""
+        if self.support_decides:
+            support = {**self.options, **options}.get("support", "student")
+            return FULL if support in FULL_SUPPORTS else TOP_K
+        return self.teacher
+
+
+def _topk(fn, fixed, sound, description, fixed_point) -> ObjectiveSpec:
+    """A member of the top-K RKL family: a top-k teacher suffices unless the support is the student's."""
+    return ObjectiveSpec(fn, fixed, TOP_K, sound, description, fixed_point, support_decides=True)
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "sampled_rkl": ObjectiveSpec(sampled_rkl, {}, "sampled", True,
+    "sampled_rkl": ObjectiveSpec(sampled_rkl, {}, TOP_K, True,
         "Sampled-token RKL, policy-gradient form -sg(log q - log p)(y) log p(y); optional ratio vs sampler",
         "p = q (unbiased estimate of the full RKL gradient)"),
-    "rkl": ObjectiveSpec(rkl, {}, "full", True, "Full-vocabulary reverse KL(p || q)", "p = q"),
-    "fkl": ObjectiveSpec(fkl, {}, "full", True, "Full-vocabulary forward KL(q || p)", "p = q"),
-    "jsd": ObjectiveSpec(jsd, {}, "full", True,
+    "rkl": ObjectiveSpec(rkl, {}, FULL, True, "Full-vocabulary reverse KL(p || q)", "p = q"),
+    "fkl": ObjectiveSpec(fkl, {}, FULL, True, "Full-vocabulary forward KL(q || p)", "p = q"),
+    "jsd": ObjectiveSpec(jsd, {}, FULL, True,
         "Generalised JSD(beta), TRL convention (FKL at beta=0, RKL at beta=1, jumps there)", "p = q"),
-    "jsd_norm": ObjectiveSpec(jsd_norm, {}, "full", True,
+    "jsd_norm": ObjectiveSpec(jsd_norm, {}, FULL, True,
         "JSD(beta)/(beta(1-beta)): continuous family with FKL (beta=0) and RKL (beta=1) as ends", "p = q"),
-    "kl_mix": ObjectiveSpec(kl_mix, {}, "full", True, "lam*FKL + (1-lam)*RKL (Decoupling)", "p = q"),
-    "topk_rkl": ObjectiveSpec(topk_rkl, {}, "full or top-k", True,
+    "kl_mix": ObjectiveSpec(kl_mix, {}, FULL, True, "lam*FKL + (1-lam)*RKL (Decoupling)", "p = q"),
+    "topk_rkl": _topk(topk_rkl, {}, True,
         "Top-K RKL; options k, support, norm, include_sampled (default: student top-20, stop-grad)",
         "depends on norm (see the four named variants)"),
-    "topk_rkl_unnorm": ObjectiveSpec(topk_rkl, {"norm": "none"}, "full or top-k", False,
+    "topk_rkl_unnorm": _topk(topk_rkl, {"norm": "none"}, False,
         "Unnormalised top-K RKL: biased '+1' gradient drains mass from K (Many Faces' collapse)",
         "p = q/e on K (P_K -> Q_K/e); with student top-K the leak never stops"),
-    "topk_rkl_sg": ObjectiveSpec(topk_rkl, {"norm": "stopgrad"}, "full or top-k", True,
+    "topk_rkl_sg": _topk(topk_rkl, {"norm": "stopgrad"}, True,
         "Stop-gradient top-K RKL sum_K p sg(log p - log q): the '+1' removed (recommended)",
         "p = q on K"),
-    "topk_rkl_renorm": ObjectiveSpec(topk_rkl, {"norm": "renorm"}, "full or top-k", True,
+    "topk_rkl_renorm": _topk(topk_rkl, {"norm": "renorm"}, True,
         "Renormalised top-K RKL KL(p/P_K || q/Q_K) on K (Revisiting's local support matching)",
         "p/P_K = q/Q_K on K; P_K free"),
-    "topk_rkl_tail": ObjectiveSpec(topk_rkl, {"norm": "tail"}, "full or top-k", True,
+    "topk_rkl_tail": _topk(topk_rkl, {"norm": "tail"}, True,
         "Top-K RKL plus a tail bucket: exact KL of the (K+1)-outcome coarsening",
         "p = q on K and P_tail = Q_tail"),
-    "topk_fkl_teacher": ObjectiveSpec(topk_fkl_teacher, {}, "top-k", False,
+    "topk_fkl_teacher": ObjectiveSpec(topk_fkl_teacher, {}, TOP_K, False,
         "Teacher top-K forward KL -sum_{K_T} q log p (verl forward_kl_topk)",
         "p = q/Q_K on K_T, 0 elsewhere (over-concentrates)"),
-    "sft": ObjectiveSpec(sft, {}, "none", None, "NLL of given tokens (SFT on teacher traces)",
+    "sft": ObjectiveSpec(sft, {}, NO_TEACHER, None, "NLL of given tokens (SFT on teacher traces)",
         "p = the data distribution"),
-    "grpo": ObjectiveSpec(grpo, {}, "none", None,
+    "grpo": ObjectiveSpec(grpo, {}, NO_TEACHER, None,
         "GRPO policy gradient with group-relative advantages, PPO clip vs the sampler",
         "maximises expected verifiable reward"),
 }
@@ -311,11 +336,41 @@ def _validate_options(name: str, options: dict) -> None:
             raise ValueError(f"{name}: {key} must be one of {choices}, got {options[key]!r}")
 
 
+def needs_teacher(name: str) -> bool:
+    return OBJECTIVES[name].teacher != NO_TEACHER
+
+
+def teacher_needs(name: str, options: dict) -> str:
+    """What objective `name` with `options` needs from its teacher: FULL, TOP_K or NO_TEACHER."""
+    return OBJECTIVES[name].needs(options)
+
+
+def topk_teacher_objectives() -> str:
+    """The objectives a top-k-only (served) teacher supports, for messages."""
+    plain = [n for n, s in OBJECTIVES.items() if s.teacher == TOP_K and not s.support_decides]
+    supports = " or ".join(s for s in topk_lib.SUPPORTS if s not in FULL_SUPPORTS)
+    return ", ".join(plain + [f"topk_rkl* with support={supports}"])
+
+
+def teacher_mismatch(name: str, options: dict, provides: str) -> str | None:
+    """Why a teacher that provides `provides` (FULL or TOP_K) cannot serve objective `name`; None if it can."""
+    if provides == FULL or teacher_needs(name, options) != FULL:
+        return None
+    spec = OBJECTIVES[name]
+    support = {**spec.options, **options}.get("support", "student")
+    what = f"support={support!r}" if spec.support_decides else "the full vocabulary"
+    return (f"objective {name!r} needs the teacher's log-probabilities over {what}, but a served teacher returns only "
+            f"its top-k; use one of {topk_teacher_objectives()}, or a local teacher")
+
+
 def describe() -> str:
     """The table printed by `opdkit objectives`: name, teacher needs, soundness, fixed point."""
-    lines = []
+    lines = [f"teacher needs: {FULL} = log q at every token (a local teacher); {TOP_K} = its top-k and log q of the "
+             f"sampled token (served teachers too); {NO_TEACHER} = no teacher",
+             f"top-K RKL with support={' or '.join(FULL_SUPPORTS)} needs {FULL}", ""]
     for name, s in OBJECTIVES.items():
         sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
-        lines.append(f"{name:<17} [{s.teacher}; {sound}] {s.description}")
+        needs = f"{TOP_K} or {FULL}" if s.support_decides else s.teacher
+        lines.append(f"{name:<17} [{needs}; {sound}] {s.description}")
         lines.append(f"{'':<17} fixed point: {s.fixed_point}")
     return "\n".join(lines)

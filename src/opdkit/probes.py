@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from opdkit.checkpoint import seeded
 from opdkit.data import batches
 from opdkit.diagnostics import HEDGE_WORDS, with_diagnostics
-from opdkit.evaluate import _generate, eval_items, score_responses
 from opdkit.objectives import make_objective
 from opdkit.forward import model_head, pack
 from opdkit.rewards import make_reward
 from opdkit.session import Session
+from opdkit.evaluate import _generate, eval_items, identity_self_test, score_responses
 
 MAX_NLL_EXCESS = 2.0          # teacher NLL of student tokens this many nats above the student's own: incompatible
 MAX_PAIR_KL = 2.0             # KL(student || teacher) per token above this: far apart
@@ -49,7 +49,6 @@ def score_rollouts(s: Session, rollouts, k: int = 20) -> dict[str, float]:
 
 
 def probe_pair(s: Session, prompts: int = 16, seed: int = 0) -> dict:
-    from opdkit.evaluate import identity_self_test
     items = (eval_items(s) if s.cfg.data.eval else s.items)[:prompts]
     with seeded(seed):
         rollouts = _generate(s, items, greedy=False)

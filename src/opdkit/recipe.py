@@ -29,8 +29,14 @@ from pathlib import Path
 import yaml
 
 from opdkit.config import MODES, Config, ConfigError, _flatten, set_key, validate
-from opdkit.evaluate import eval_items
 from opdkit.schedules import Criterion, LengthCurriculum, StageControl, heldout_entropy, parse_criterion, parse_length
+from opdkit.checkpoint import atomic_write_text
+from opdkit.evaluate import eval_items, evaluate_session
+from opdkit.export import export_run
+from opdkit.metrics import read_metrics
+from opdkit.runner import run
+from opdkit.session import _require_fields, build_session, load_items
+from opdkit.teachers import PromptRenderer
 
 KINDS = MODES + ("eval",)
 STAGE_KEYS = {"name", "kind", "student", "teacher", "config", "until", "schedule", "prompts", "models"}
@@ -210,7 +216,6 @@ def read_state(out: Path) -> dict | None:
 
 
 def write_state(out: Path, state: dict) -> None:
-    from opdkit.checkpoint import atomic_write_text
     atomic_write_text(out / STATE, json.dumps(state, indent=2, default=str))
 
 
@@ -248,8 +253,6 @@ def run_recipe(recipe: Recipe, resume: bool = False, echo=print) -> dict:
 
 
 def run_training_stage(recipe: Recipe, stage: Stage) -> dict:
-    from opdkit.export import export_run
-    from opdkit.runner import run
     cfg = stage_config(recipe, stage)
     stage_dir = Path(cfg.run.out)
     session = build_stage_session(cfg, stage)
@@ -262,7 +265,6 @@ def run_training_stage(recipe: Recipe, stage: Stage) -> dict:
 
 
 def build_stage_session(cfg: Config, stage: Stage):
-    from opdkit.session import build_session
     session = build_session(cfg)
     if stage.prompts == "teacher":
         align_prompts(session)
@@ -271,8 +273,6 @@ def build_stage_session(cfg: Config, stage: Stage):
 
 def align_prompts(s) -> None:
     """Teacher-aligned prompts: render the student's prompts with the teacher's chat template."""
-    from opdkit.session import _require_fields, load_items
-    from opdkit.teachers import PromptRenderer
     if s.teacher_tokenizer is None or s.teacher_tokenizer is s.tokenizer:
         raise ConfigError("prompts: teacher needs a separate teacher model (model.teacher) whose template to use")
     d = s.cfg.data
@@ -283,7 +283,6 @@ def align_prompts(s) -> None:
 
 def training_summary(stage_dir: Path) -> dict:
     """Steps run, why the stage ended, and the first and last held-out evaluation."""
-    from opdkit.metrics import read_metrics
     rows = read_metrics(stage_dir / "metrics.jsonl")
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     strip = lambda r: {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
@@ -296,9 +295,6 @@ def training_summary(stage_dir: Path) -> dict:
 
 
 def run_eval_stage(recipe: Recipe, stage: Stage) -> dict:
-    from opdkit.checkpoint import atomic_write_text
-    from opdkit.evaluate import evaluate_session
-    from opdkit.session import build_session
     results = {}
     for ref in stage.models:
         s = build_session(stage_config(recipe, stage, ref), load_train=False)

@@ -3,19 +3,13 @@
 A step may span several micro-batches (and, later, ranks). Dividing each micro-batch by its
 own token count weights short micro-batches up (the gradient-accumulation bug peers keep
 reporting: TRL #6006, #6478). Instead count the loss-bearing tokens of the whole step first
-and divide every micro-batch's masked sum by that one number.
+and divide every micro-batch's masked sum by that one number: the engine's micro-batches
+weight their per-token losses by `token_weights(mask, step_tokens)`.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import Tensor
-
-
-def count_tokens(masks: Iterable[Tensor]) -> Tensor:
-    """Loss-bearing tokens across all micro-batches of one optimizer step."""
-    return sum((m.float().sum() for m in masks), torch.zeros(()))
 
 
 def token_weights(mask: Tensor, step_tokens: Tensor | float) -> Tensor:
@@ -30,9 +24,3 @@ def token_mean(per_token: Tensor, mask: Tensor, step_tokens: Tensor | float | No
     if step_tokens is None:
         step_tokens = mask.float().sum()
     return (per_token * token_weights(mask, step_tokens)).sum()
-
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of a per-token metric over masked positions (0 if none)."""
-    m = mask.float()
-    return (values.float() * m).sum() / m.sum().clamp_min(1.0)

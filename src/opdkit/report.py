@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from opdkit.metrics import read_metrics
+from opdkit.diagnostics import HEDGE_WORDS
 
 CURVES = [
     ("train/loss", "training loss"), ("rollout/accuracy", "sampled accuracy"), ("eval/accuracy", "held-out accuracy"),
@@ -98,7 +99,6 @@ def curves_figure(runs: list[RunData]) -> str | None:
 def word_clouds(run: RunData, picks: int = 3) -> list[tuple[int, str | None]]:
     """(step, image or None when there are no words) for the first, middle and last logged sample steps."""
     from wordcloud import STOPWORDS, WordCloud
-    from opdkit.diagnostics import HEDGE_WORDS
     stopwords = set(STOPWORDS) - set(HEDGE_WORDS)       # "but", "maybe" must stay visible
     if not run.samples:
         return []

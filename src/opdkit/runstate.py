@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from opdkit.diagnostics import with_diagnostics
-from opdkit.objectives import OBJECTIVES, accepted_options, make_objective
+from opdkit.objectives import accepted_options, make_objective, needs_teacher
 
 
 def bind_objective(name: str, options: dict, diagnostics: bool, strict: bool = True) -> Callable:
@@ -41,7 +41,7 @@ class RunState:
 
     @property
     def needs_teacher(self) -> bool:
-        return OBJECTIVES[self.objective_name].teacher != "none"
+        return needs_teacher(self.objective_name)
 
     def changes(self) -> dict:
         """What the guard changed, as checkpoints store it: {"lr_scale": f, "objective": name}."""

@@ -173,8 +173,9 @@ NEEDS_HELP = {
 }
 
 
-def require(objective: str, inputs: ObjectiveInputs, needs: tuple[str, ...]) -> None:
-    """Raise a clear error when `inputs` lacks a field that `objective` needs."""
+def require(objective: str, inputs: ObjectiveInputs, needs: tuple[str, ...], hint: str = "") -> None:
+    """Raise a clear error when `inputs` lacks a field that `objective` needs; `hint` lists the
+    objectives a top-k-only teacher supports (opdkit.objectives derives it from its table)."""
     have = inputs.teacher.available()
     if inputs.advantages is not None:
         have.add("advantages")
@@ -182,9 +183,8 @@ def require(objective: str, inputs: ObjectiveInputs, needs: tuple[str, ...]) -> 
     if missing:
         what = "; ".join(f"{n}: {NEEDS_HELP[n]}" for n in missing)
         raise ValueError(
-            f"objective {objective!r} needs {what}. The inputs provide only {sorted(have) or 'nothing'}. "
-            "A teacher that returns only top-k scores supports: sampled_rkl, topk_rkl with "
-            "support='teacher', topk_fkl_teacher."
+            f"objective {objective!r} needs {what}. The inputs provide only {sorted(have) or 'nothing'}."
+            + (f" A teacher that returns only top-k scores supports: {hint}." if hint else "")
         )
 
 

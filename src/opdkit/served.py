@@ -10,8 +10,9 @@ i, given the tokens before i: `choices[j].prompt_logprobs[i] = {"<id>": {"logpro
 "rank": r, "decoded_token": s}, ...}` (entry 0 is null). That is exactly `TeacherScores`
 with top-k ids, top-k log-probabilities and the sampled token's log-probability.
 
-A served teacher never has the full vocabulary, so objectives that need it are refused
-when the teacher is built (`check_objective`), naming the objectives that work. vLLM scores
+A served teacher never has the full vocabulary (`provides = "top-k"`), so objectives that
+need it are refused when the run is built (`opdkit.objectives.teacher_mismatch`, from the
+objectives table), naming the objectives that work. vLLM scores
 prompts at temperature 1 (its `processed_logprobs` mode, when the server runs with it,
 applies the request's temperature to prompt logprobs too, but a client cannot see the mode),
 so a requested temperature != 1 is sent but warned about.
@@ -28,24 +29,10 @@ from typing import Callable
 import torch
 
 from opdkit.config import ConfigError
-from opdkit.objectives import OBJECTIVES
 from opdkit.scores import TeacherScores
-
-TOPK_ONLY = ("sampled_rkl", "topk_fkl_teacher", "topk_rkl* with support=teacher or intersection")
-
 
 class ServedTeacherError(RuntimeError):
     """The server's answer cannot be used; the message says what was expected."""
-
-
-def check_objective(name: str, options: dict) -> None:
-    """Refuse objectives that need full-vocabulary teacher log-probabilities."""
-    spec = OBJECTIVES[name]
-    support = {**spec.options, **options}.get("support", "student")
-    if spec.teacher == "full" or (spec.teacher == "full or top-k" and support in ("student", "union")):
-        what = f"support={support!r}" if spec.teacher != "full" else "the full vocabulary"
-        raise ConfigError(f"objective {name!r} needs the teacher's log-probabilities over {what}, but a served "
-                         f"teacher returns only its top-k; use one of {', '.join(TOPK_ONLY)}, or a local teacher")
 
 
 def post_json(url: str, payload: dict, timeout: float = 120.0) -> dict:
@@ -85,9 +72,8 @@ class ServedTeacher:
 
     provides = "top-k"
 
-    def __init__(self, url: str, model: str, renderer, k: int, objective: str, options: dict,
-                 temperature: float = 1.0, post: Callable[[str, dict], dict] = post_json):
-        check_objective(objective, options)
+    def __init__(self, url: str, model: str, renderer, k: int, temperature: float = 1.0,
+                 post: Callable[[str, dict], dict] = post_json):
         if k < 1:
             raise ConfigError(f"teacher.top_k must be at least 1, got {k}")
         if temperature != 1.0:

@@ -17,9 +17,11 @@ from opdkit.distributed import Dist
 from opdkit.forward import StudentForward
 from opdkit.memory import set_mmap_threshold
 from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight
-from opdkit.objectives import OBJECTIVES, make_objective
+from opdkit.objectives import make_objective, needs_teacher, teacher_mismatch
 from opdkit.rollout import HFSampler, LowPrecisionCopy
 from opdkit.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
+from opdkit.served import ServedTeacher
+from opdkit.vllm_sampler import VLLMSampler, VLLMUnavailable
 
 
 @dataclass
@@ -107,10 +109,8 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
     if not cfg.model.teacher:
         return None, None, PairReport(vocab=report_vocab)
     if cfg.teacher.url:        # the same tokenizer is assumed: ids go to the server as they are
-        from opdkit.served import ServedTeacher
         renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
-        teacher = ServedTeacher(cfg.teacher.url, cfg.model.teacher, renderer, cfg.teacher.top_k, cfg.objective_name,
-                                cfg.objective.options, cfg.teacher.temperature)
+        teacher = ServedTeacher(cfg.teacher.url, cfg.model.teacher, renderer, cfg.teacher.top_k, cfg.teacher.temperature)
         return teacher, tokenizer, PairReport(vocab=report_vocab)
     teacher_tok = load_tokenizer(cfg.model.teacher)
     teacher_model = load_model(cfg.model.teacher, cfg.model.teacher_dtype or cfg.model.dtype)
@@ -137,8 +137,11 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     report.vocab = min(report.vocab, student.get_output_embeddings().weight.shape[0])
     objective_name = cfg.objective_name
     make_objective(objective_name, **cfg.objective.options)      # bad options fail here, before any training
-    if OBJECTIVES[objective_name].teacher != "none" and teacher is None:
+    if needs_teacher(objective_name) and teacher is None:
         raise ValueError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
+    problem = None if teacher is None else teacher_mismatch(objective_name, cfg.objective.options, teacher.provides)
+    if problem:
+        raise ConfigError(problem)
     items, skipped = load_items(cfg, d.train, student_prompt, _require_fields(cfg)) if load_train else ([], 0)
     if cfg.mode == "self-distill" and not d.pi and items and not any(it.example.pi for it in items):
         raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
@@ -151,7 +154,6 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
 def make_sampler(cfg: Config, tokenizer, student):
     if cfg.rollout.engine == "hf":
         return HFSampler(tokenizer.eos_token_id, tokenizer.pad_token_id)
-    from opdkit.vllm_sampler import VLLMSampler, VLLMUnavailable
     try:
         return VLLMSampler.create(cfg.model.student, student, tokenizer.eos_token_id, tokenizer.pad_token_id,
                                   "bfloat16" if cfg.model.dtype == "float32" else cfg.model.dtype,

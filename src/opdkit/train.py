@@ -26,6 +26,7 @@ from opdkit.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives import group_advantages
 from opdkit.optim import OptimSettings, grad_norm
 from opdkit.profile import PhaseTimer
+from opdkit.reduction import token_weights
 from opdkit.rewards import make_check, make_reward
 from opdkit.rollout import Rollouts
 from opdkit.runstate import RunState
@@ -162,7 +163,7 @@ def micro_batch_backward(s: Session, c: StepSettings, state: RunState, rollouts:
         inputs = replace(inputs, teacher=scores.to(device))
     with timer("student_forward"):      # the chunked path also forms the lm-head gradient here
         head = student_head(s.student_forward, packed, s.vocab)
-        weights = mask / step_tokens
+        weights = token_weights(mask, step_tokens)                   # (N, R): sums to the step's token mean
         if c.chunked:
             result = chunked_objective_loss(state.objective, head, inputs, weights, chunk_size=c.chunk_rows or None)
         else:

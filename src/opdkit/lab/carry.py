@@ -18,6 +18,9 @@ import shutil
 from pathlib import Path
 
 from opdkit.lab.tiny import build_tokenizer, save_tiny
+from opdkit.config import load_config
+from opdkit.export import export_run
+from opdkit.runner import run
 
 SFT_STEPS = 1200            # the teacher; students are checkpoints at STUDENT_STEPS
 STUDENT_STEPS = (300,)
@@ -56,9 +59,6 @@ def build_carry_testbed(root: str | Path, seed: int = 0, items: int = 200, sft_s
                         students: tuple[int, ...] = STUDENT_STEPS) -> Path:
     """Train the teacher (Qwen2 config, 2 layers, hidden 64) in `root/teacher_run`; export
     `root/teacher`, `root/student_<step>` and `root/task.jsonl` (the training problems)."""
-    from opdkit.config import load_config
-    from opdkit.export import export_run
-    from opdkit.runner import run
 
     root = Path(root)
     marker = root / "carry_testbed.json"

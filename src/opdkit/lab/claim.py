@@ -9,6 +9,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from opdkit.config import load_config
+from opdkit.lab.carry import build_carry_testbed
+from opdkit.lab.testbed import build_pi_testbed, build_testbed, opd_overrides
+from opdkit.runner import run
 
 @dataclass
 class Claim:
@@ -29,15 +33,12 @@ class Context:
     memo: dict = field(default_factory=dict)     # runs shared between claims (the sampled-token baselines)
 
     def testbed(self, seed: int) -> Path:
-        from opdkit.lab.testbed import build_testbed
         return build_testbed(self.out / "cache" / f"testbed-seed{seed}", students=(60, 100), seed=seed)
 
     def pi_testbed(self, seed: int) -> Path:
-        from opdkit.lab.testbed import build_pi_testbed
         return build_pi_testbed(self.out / "cache" / f"pi-testbed-seed{seed}", seed=seed)
 
     def carry_testbed(self, seed: int) -> Path:
-        from opdkit.lab.carry import build_carry_testbed
         return build_carry_testbed(self.out / "cache" / f"carry-testbed-seed{seed}", seed=seed)
 
     def steps(self, quick: int, full: int) -> int:
@@ -64,9 +65,6 @@ def opd(ctx: Context, seed: int, name: str, student: str, objective: str, k: int
         extra: tuple[str, ...] = (), teacher: str = "teacher", max_new_tokens: int = 4) -> list[dict]:
     """One OPD run on the seed's testbed, guard off (the claims are about unguarded dynamics)."""
     import shutil
-    from opdkit.config import load_config
-    from opdkit.lab.testbed import opd_overrides
-    from opdkit.runner import run
     root = ctx.testbed(seed)
     out = ctx.out / "runs" / f"{name}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)

@@ -7,6 +7,13 @@ from __future__ import annotations
 import statistics
 
 from opdkit.lab.claim import Context, fmt, tail_mean
+from opdkit.config import load_config
+from opdkit.evaluate import evaluate_session
+from opdkit.lab.testbed import RULE, opsd_overrides
+from opdkit.metrics import read_metrics
+from opdkit.probes import consensus_kls
+from opdkit.runner import run
+from opdkit.session import build_session, load_items
 
 
 # ----------------------------------------------------------------------------- C8, C9 (OPSD)
@@ -15,11 +22,6 @@ def _opsd(ctx: Context, seed: int, name: str, train: str, evaluate: str, steps: 
           fixed_pi: str = "", extra: tuple[str, ...] = ()):
     """(session, before eval, after eval) of one OPSD run on the PI testbed."""
     import shutil
-    from opdkit.config import load_config
-    from opdkit.lab.testbed import opsd_overrides
-    from opdkit.metrics import read_metrics
-    from opdkit.runner import run
-    from opdkit.session import build_session
     out = ctx.out / "runs" / f"{name}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config("self-distill", overrides=opsd_overrides(ctx.pi_testbed(seed), train, evaluate, out, steps, check,
@@ -32,7 +34,6 @@ def _opsd(ctx: Context, seed: int, name: str, train: str, evaluate: str, steps: 
 
 
 def run_c8(ctx: Context, seed: int) -> dict:
-    from opdkit.lab.testbed import RULE
     _, before, after = _opsd(ctx, seed, "C8-rule", "sums.jsonl", "sums.jsonl", ctx.steps(60, 100), "contains:!", RULE)
     return {"rule_before": before["rule_rate"], "rule_teacher": before["teacher_rule_rate"], "rule_after": after["rule_rate"],
             "acc_before": before["accuracy"], "acc_after": after["accuracy"]}
@@ -47,8 +48,6 @@ def judge_c8(results: list[dict]) -> tuple[str, str]:
 
 
 def run_c9(ctx: Context, seed: int) -> dict:
-    from opdkit.probes import consensus_kls
-    from opdkit.session import load_items
     s, before, after = _opsd(ctx, seed, "C9-keys", "keys_train.jsonl", "keys_heldout.jsonl", ctx.steps(100, 150))
     held_out = load_items(s.cfg, s.cfg.data.eval, s.student_prompt)[0]
     kls = consensus_kls(s, held_out, [f"the key is {d}." for d in range(10)], seed=seed)
@@ -81,9 +80,6 @@ def tokens_to_reach(rows: list[dict], key: str = "rollout/rule_rate", level: flo
 
 def run_c11(ctx: Context, seed: int) -> dict:
     import shutil
-    from opdkit.config import load_config
-    from opdkit.lab.testbed import RULE, opsd_overrides
-    from opdkit.runner import run
     root, steps = ctx.pi_testbed(seed), ctx.steps(60, 100)
     out = {}
     for mode, extra in (("self-distill", [f"data.pi={RULE}"]),
@@ -119,8 +115,6 @@ SELF_WEIGHTS = ("frozen", "live", "ema")
 
 def run_c12(ctx: Context, seed: int) -> dict:
     """C8's shared-rule OPSD once per self-teacher: frozen initial weights, live weights, EMA (decay 0.99)."""
-    from opdkit.evaluate import evaluate_session
-    from opdkit.lab.testbed import RULE
     out = {}
     for weights in SELF_WEIGHTS:
         s, before, after = _opsd(ctx, seed, f"C12-{weights}", "sums.jsonl", "sums.jsonl", ctx.steps(60, 100), "contains:!",

@@ -6,16 +6,17 @@ from __future__ import annotations
 import statistics
 
 from opdkit.lab.claim import Context, fmt, opd, tail_mean
+from opdkit.config import load_config
+from opdkit.lab.carry import MAX_NEW_TOKENS, STUDENT_STEPS
+from opdkit.lab.testbed import build_c6_teachers
+from opdkit.probes import probe_prefix
+from opdkit.session import build_session
 
 
 # ----------------------------------------------------------------------------- C4
 
 def run_c4(ctx: Context, seed: int) -> dict:
     """The carry-task teacher continues sampled answers of an early SFT checkpoint of itself."""
-    from opdkit.config import load_config
-    from opdkit.lab.carry import MAX_NEW_TOKENS, STUDENT_STEPS
-    from opdkit.probes import probe_prefix
-    from opdkit.session import build_session
     root = ctx.carry_testbed(seed)
     s = build_session(load_config("distill", overrides=[
         f"model.student={root / f'student_{STUDENT_STEPS[0]}'}", f"model.teacher={root / 'teacher'}",
@@ -43,7 +44,6 @@ def judge_c4(results: list[dict]) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- C6
 
 def run_c6(ctx: Context, seed: int) -> dict:
-    from opdkit.lab.testbed import build_c6_teachers
     paths = build_c6_teachers(ctx.testbed(seed), seed)
     out = {}
     for name, path in paths.items():

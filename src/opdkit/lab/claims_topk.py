@@ -11,6 +11,12 @@ from __future__ import annotations
 import statistics
 
 from opdkit.lab.claim import Context, fmt, opd, summary, tail_mean
+from opdkit.config import load_config
+from opdkit.export import export_run
+from opdkit.lab.testbed import build_hedge_teacher
+from opdkit.probes import _hedge_probability, hedge_token_ids
+from opdkit.runner import run
+from opdkit.session import build_session
 
 STEPS = (120, 200)          # OPD steps (quick, full) for every run here
 
@@ -109,7 +115,6 @@ def _stable_text(results: list[dict]) -> str:
 
 def hedge_after(s, items: list, first_tokens: list[int]) -> float:
     """Mean teacher probability of a hedge token right after `first_tokens[i]` as its first answer token."""
-    from opdkit.probes import _hedge_probability, hedge_token_ids
     import torch
     prompts = [s.teacher.renderer(it.example) for it in items]
     with torch.no_grad():
@@ -118,9 +123,6 @@ def hedge_after(s, items: list, first_tokens: list[int]) -> float:
 
 
 def run_c5(ctx: Context, seed: int) -> dict:
-    from opdkit.config import load_config
-    from opdkit.lab.testbed import build_hedge_teacher
-    from opdkit.session import build_session
     root = ctx.testbed(seed)
     build_hedge_teacher(root, seed)
     s = build_session(load_config("distill", overrides=[
@@ -170,9 +172,6 @@ def judge_c7(results: list[dict]) -> tuple[str, str]:
 def run_c10(ctx: Context, seed: int) -> dict:
     """OPD with RKL and with FKL from the SFT-60 student, then GRPO from each result."""
     import shutil
-    from opdkit.config import load_config
-    from opdkit.export import export_run
-    from opdkit.runner import run
     root, out = ctx.testbed(seed), {}
     for objective in ("rkl", "fkl"):
         rows = opd(ctx, seed, f"C10-{objective}", "student_60", objective, steps=ctx.steps(*STEPS))

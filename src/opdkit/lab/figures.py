@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import statistics
+from opdkit.report import _img, _png
 
 
 def _bars(labels: list[str], per_seed: list[list[float]], ylabel: str, title: str) -> str:
@@ -14,7 +15,6 @@ def _bars(labels: list[str], per_seed: list[list[float]], ylabel: str, title: st
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from opdkit.report import _img, _png
     fig, ax = plt.subplots(figsize=(6, 3.2))
     means = [statistics.fmean(v) for v in per_seed]
     ax.bar(labels, means, color="#4c72b0", alpha=0.8)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from opdkit.lab.claim import Claim, Context
 from opdkit.lab.claims import CLAIMS
+from opdkit.lab.figures import prefix_bars, self_teacher_bars
+from opdkit.report import build_report, curves_section
 
 VERDICT_COLOURS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700", "not run": "#6e7781"}
 
@@ -81,8 +83,6 @@ def claims_html(rows: list[dict]) -> str:
 def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[int],
                  results: dict[str, list[dict]] | None = None) -> Path:
     """Claims table, the probe bars, one curves figure per claim (its runs, first seed), per-run sections."""
-    from opdkit.lab.figures import prefix_bars, self_teacher_bars
-    from opdkit.report import build_report, curves_section
     results = results or {}
     bars = prefix_bars(results.get("C4", [])) + self_teacher_bars(results.get("C12", []))
     groups = []

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from opdkit.config import load_config
+from opdkit.lab.claim import tail_mean
+from opdkit.lab.testbed import build_testbed, opd_overrides
+from opdkit.runner import run
 
 OBJECTIVES = ("topk_rkl_unnorm", "topk_rkl_sg", "topk_rkl_tail", "rkl")
 STUDENTS = ("student_60", "student_100", "teacher")
 
 
 def run_sweep(out: str | Path, steps: int = 150, objectives=OBJECTIVES, students=STUDENTS) -> list[dict]:
-    from opdkit.config import load_config
-    from opdkit.lab.claim import tail_mean
-    from opdkit.lab.testbed import build_testbed, opd_overrides
-    from opdkit.runner import run
 
     out = Path(out)
     root = build_testbed(out / "testbed", students=tuple(int(s.split("_")[1]) for s in students if s != "teacher"))

@@ -17,6 +17,9 @@ import shutil
 from pathlib import Path
 
 from opdkit.lab.tiny import build_tokenizer, save_tiny
+from opdkit.config import load_config
+from opdkit.export import export_run
+from opdkit.runner import run
 
 
 def write_task(path: Path, size: int = 5) -> Path:
@@ -30,9 +33,6 @@ def write_task(path: Path, size: int = 5) -> Path:
 
 def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, ...] = (), seed: int = 0) -> Path:
     """Train the teacher in `root/teacher_run` and export `root/teacher` (+ `root/student_<step>`)."""
-    from opdkit.config import load_config
-    from opdkit.export import export_run
-    from opdkit.runner import run
 
     root = Path(root)
     marker = root / "testbed.json"
@@ -91,9 +91,6 @@ def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0) -> P
     sums.jsonl (no rule), keys_train.jsonl / keys_heldout.jsonl (the true key as `pi`).
     """
     import random
-    from opdkit.config import load_config
-    from opdkit.export import export_run
-    from opdkit.runner import run
 
     root = Path(root)
     marker = root / "pi_testbed.json"
@@ -147,9 +144,6 @@ def build_c6_teachers(root: Path, seed: int = 0) -> dict[str, Path]:
     - `teacher_offformat`: larger (3 layers, hidden 96) and trained by SFT to answer
       "the answer is N" instead of "N", i.e. a stronger teacher in another format.
     """
-    from opdkit.config import load_config
-    from opdkit.export import export_run
-    from opdkit.runner import run
 
     root = Path(root)
     marker = root / "c6_teachers.json"
@@ -183,9 +177,6 @@ def build_hedge_teacher(root: Path, seed: int = 0, sft_steps: int = 400) -> Path
     """A teacher for the addition testbed that revises itself: besides "N", its SFT data holds
     "W wait N" for a wrong digit W, so after a wrong first digit it says "wait" and corrects."""
     import random
-    from opdkit.config import load_config
-    from opdkit.export import export_run
-    from opdkit.runner import run
 
     root = Path(root)
     marker, path = root / "hedge_teacher.json", root / "teacher_hedge"
