@@ -140,7 +140,8 @@ def table(results: dict[str, dict]) -> str:
             same_math = not (name.startswith("chunked topk_rkl_renorm"))
             diff = f"{grad_rel_diff(name, ref):.1e}" if same_math else "(different objective)"
             lines.append(f"| {name} | {r['median_s']} | {r['peak_minus_baseline_mib']:.0f} | {ref} | "
-                         f"{r['median_s'] / q['median_s']:.2f}x | {r['peak_minus_baseline_mib'] / q['peak_minus_baseline_mib']:.3f}x | {diff} |")
+                         f"{r['median_s'] / q['median_s']:.2f}x | "
+                         f"{r['peak_minus_baseline_mib'] / q['peak_minus_baseline_mib']:.3f}x | {diff} |")
     return "\n".join(lines)
 
 

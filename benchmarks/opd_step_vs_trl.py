@@ -113,8 +113,8 @@ def phase_table(results: dict[str, list[dict]]) -> str:
     phases = list(results[names[0]][0]["phases_median_s"]) if names else []
     lines = ["| phase (median s) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for phase in phases:
-        lines.append(f"| {phase} | " + " | ".join(f"{median_of([{'v': r['phases_median_s'][phase]} for r in results[n]], 'v'):.3f}"
-                                                  for n in names) + " |")
+        medians = [median_of([{"v": r["phases_median_s"][phase]} for r in results[n]], "v") for n in names]
+        lines.append(f"| {phase} | " + " | ".join(f"{m:.3f}" for m in medians) + " |")
     return "\n".join(lines)
 
 

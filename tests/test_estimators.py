@@ -27,7 +27,8 @@ def _expected_grad(z, per_sample_loss, weights):
 
 def _full_rkl_grad(z, logq):
     zz = z.clone().requires_grad_()
-    loss = make_objective("rkl")(zz[None], ObjectiveInputs(torch.zeros(1, dtype=torch.long), TeacherScores(logprobs=logq[None]))).loss
+    inputs = ObjectiveInputs(torch.zeros(1, dtype=torch.long), TeacherScores(logprobs=logq[None]))
+    loss = make_objective("rkl")(zz[None], inputs).loss
     return torch.autograd.grad(loss.sum(), zz)[0]
 
 

@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", type=Path, default=None,
                            help="a checkpoint directory, or a run directory (its newest checkpoint), to evaluate")
             p.add_argument("--show", type=int, default=0, help="also print this many greedy answers")
-        p.add_argument("--mode", default="sft" if name == "eval" else "distill", choices=["sft", "distill", "self-distill", "grpo"],
+        p.add_argument("--mode", default="sft" if name == "eval" else "distill",
+                       choices=["sft", "distill", "self-distill", "grpo"],
                        help="which teacher to build (model.teacher when set; self-distill: the student with PI)")
         p.set_defaults(func=fn)
 
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_lab_fixed_points)
-    p = lab.add_parser("reproduce", help="the paper's claims C1-C11 (+ C12, OPSD self-teachers) on the tiny testbeds: table, claims.json, report.html")
+    p = lab.add_parser("reproduce", help="the paper's claims C1-C11 (+ C12, OPSD self-teachers) on the tiny testbeds: "
+                                         "table, claims.json, report.html")
     p.add_argument("--out", type=Path, default=Path("runs/lab"), help="output directory (models are cached in OUT/cache)")
     p.add_argument("--quick", action="store_true", help="one seed, shorter runs (<= 10 min on 2 cores)")
     p.add_argument("--only", default=None, help="comma-separated claims, e.g. C1,C4")

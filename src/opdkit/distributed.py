@@ -204,7 +204,8 @@ def optimizer_state(s, optimizer) -> dict:
     if s.dist.strategy != "fsdp":
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    full = get_optimizer_state_dict(s.student_forward, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_optimizer_state_dict(s.student_forward, optimizer, options=options)
     if not s.dist.main:
         return {}
     index = {name: i for i, name in enumerate(_param_names(s, optimizer))}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -256,12 +257,16 @@ def run_training_stage(recipe: Recipe, stage: Stage) -> dict:
     cfg = stage_config(recipe, stage)
     stage_dir = Path(cfg.run.out)
     session = build_stage_session(cfg, stage)
-    entropy = lambda max_new_tokens: heldout_entropy(session, eval_items(session), max_new_tokens)
-    control = StageControl(stage.criterion, stage.length, entropy if stage.length is not None else None)
-    run(cfg, resume=stage_dir.exists(), session=session, control=control)
-    del session
+    entropy = partial(stage_entropy, session) if stage.length is not None else None
+    run(cfg, resume=stage_dir.exists(), session=session, control=StageControl(stage.criterion, stage.length, entropy))
+    del session, entropy
     export_run(stage_dir, stage_dir / "model")
     return training_summary(stage_dir)
+
+
+def stage_entropy(session, max_new_tokens: int) -> float:
+    """The length gate's input: the student's entropy on its own samples for the held-out prompts."""
+    return heldout_entropy(session, eval_items(session), max_new_tokens)
 
 
 def build_stage_session(cfg: Config, stage: Stage):

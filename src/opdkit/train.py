@@ -2,7 +2,8 @@
 
 The loop around it (checkpoints, resume, evaluation, the guard) is `opdkit.runner`. The step
 takes values: `StepSettings` (read from the config once) and the run's `RunState` (the
-objective in use and the response length, which may change during a run). Per optimizer step: take prompts -> responses (sampled by the student; for SFT, given or
+objective in use and the response length, which may change during a run).
+Per optimizer step: take prompts -> responses (sampled by the student; for SFT, given or
 teacher-written) -> rewards and advantages (GRPO) -> count the step's loss-bearing tokens
 -> per micro-batch: teacher scores, student forward, objective on hidden states in chunks,
 backward with weights mask / step_tokens (so accumulation is token-exact) -> clip, step,

@@ -1,5 +1,5 @@
-"""The paper's claims C1-C11 (and C12, an OPSD teacher comparison) as experiments on the tiny testbed, each with its hypothesis and
-pass threshold fixed here, before anything runs (never tuned after seeing a result).
+"""The paper's claims C1-C11 (and C12, an OPSD teacher comparison) as experiments on the tiny testbed,
+each with its hypothesis and pass threshold fixed here, before anything runs (never tuned after seeing a result).
 
 The experiments and their judges live in claims_topk.py (C1-C3, C5, C7, C10),
 claims_teacher.py (C4, C6) and claims_opsd.py (C8, C9, C11, C12); claim.py holds the record.

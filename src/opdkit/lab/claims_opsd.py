@@ -104,7 +104,8 @@ def judge_c11(results: list[dict]) -> tuple[str, str]:
                                   for r in results)
     measured = (f"sampled tokens until the rule rate (3-step mean) reaches 0.8: OPSD {show('self-distill')}; GRPO "
                 f"{show('grpo')} (budget {fmt([r['grpo']['budget'] for r in results])} tokens each); final rule rate "
-                f"OPSD {fmt([r['self-distill']['rule_end'] for r in results])}, GRPO {fmt([r['grpo']['rule_end'] for r in results])}")
+                f"OPSD {fmt([r['self-distill']['rule_end'] for r in results])}, "
+                f"GRPO {fmt([r['grpo']['rule_end'] for r in results])}")
     return ("reproduced" if ok else "not reproduced"), measured
 
 

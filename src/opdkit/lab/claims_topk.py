@@ -63,7 +63,8 @@ def judge_c1(results: list[dict]) -> tuple[str, str]:
         longer = all(x["len_end"] > x["len_start"] for x in (k2, k8))
         ok.append(collapsed and ratio_ok and earlier and longer)
     measured = (f"P_K/Q_K end K=2 {fmt([r['K2']['pk_qk_end'] for r in results])}, K=8 "
-                f"{fmt([r['K8']['pk_qk_end'] for r in results])} (1/e = 0.368); accuracy {fmt([r['K2']['acc_start'] for r in results])}"
+                f"{fmt([r['K8']['pk_qk_end'] for r in results])} (1/e = 0.368); "
+                f"accuracy {fmt([r['K2']['acc_start'] for r in results])}"
                 f" -> {fmt([r['K2']['acc_end'] for r in results])} (K=2); collapse step K=2 "
                 f"{fmt([r['K2']['collapse_step'] for r in results])}, K=8 {fmt([r['K8']['collapse_step'] for r in results])}; "
                 f"length {fmt([r['K2']['len_start'] for r in results])} -> {fmt([r['K2']['len_end'] for r in results])}"

@@ -72,7 +72,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def claims_html(rows: list[dict]) -> str:
-    head = "<tr><th>claim</th><th>paper</th><th>hypothesis (miniature)</th><th>threshold</th><th>measured</th><th>verdict</th></tr>"
+    head = ("<tr><th>claim</th><th>paper</th><th>hypothesis (miniature)</th><th>threshold</th><th>measured</th>"
+            "<th>verdict</th></tr>")
     body = "".join(
         f"<tr><td><b>{r['claim']}</b> {html.escape(r['title'])}</td><td>{html.escape(r['paper'])}</td>"
         f"<td>{html.escape(r['hypothesis'])}</td><td>{html.escape(r['threshold'])}</td><td>{html.escape(r['measured'])}</td>"

@@ -61,7 +61,8 @@ def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 
     """A distill run on the testbed: 32 sampled answers per step, top-K with K = k."""
     return [f"model.student={root / student}", f"model.teacher={root / teacher}", f"data.train={root / 'task.jsonl'}",
             f"run.out={out}", f"optim.steps={steps}", "optim.prompts_per_step=32", "optim.micro_batch=32",
-            f"optim.lr={lr}", f"rollout.max_new_tokens={max_new_tokens}", f"objective.name={objective}", f"objective.options={{k: {k}}}",
+            f"optim.lr={lr}", f"rollout.max_new_tokens={max_new_tokens}", f"objective.name={objective}",
+            f"objective.options={{k: {k}}}",
             "run.save_every=5", "run.keep_checkpoints=30", "run.progress=false", "run.threads=1"]
 
 
