@@ -25,9 +25,9 @@ import torch
 from opdkit.config import load_config
 from opdkit.diagnostics import with_diagnostics
 from opdkit.objectives import make_objective
-from opdkit.session import build_session, new_stream
 from opdkit.optim import make_optimizer
 from opdkit.runstate import initial_state
+from opdkit.session import build_session, new_stream
 from opdkit.train import StepSettings, train_step
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,6 +59,7 @@ def rss_now_mib() -> float:
 def run_one(name: str, repeats: int, chunk_size: int) -> dict:
     """Runs in a fresh process: builds inputs, times fwd+bwd, saves gradients for comparison."""
     import torch
+
     from opdkit.logprobs import Head, chunked_objective_loss, objective_loss
     from opdkit.objectives import make_objective
     from opdkit.scores import ObjectiveInputs, TeacherScores

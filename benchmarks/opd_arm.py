@@ -38,6 +38,7 @@ def main() -> None:
     # (it imports torch and transformers, counted in the post-import baseline as in the anchor).
     sys.path.insert(0, str(args.anchors))
     from common import arithmetic_prompts, rss_now_mib, rss_peak_mib
+
     from opdkit.config import load_config
     from opdkit.runner import Runner
     from opdkit.session import build_session

@@ -164,6 +164,7 @@ def main() -> None:
 
 def machine() -> dict:
     import platform
+
     import torch
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -30,6 +30,7 @@ def rng() -> torch.Generator:
 def tiny_dir(tmp_path_factory):
     """A tiny student (1 layer), teacher (2 layers) and datasets, saved as real HF checkpoints."""
     import json
+
     from opdkit.lab.tiny import build_tokenizer, save_tiny
     root = tmp_path_factory.mktemp("tiny")
     tok = build_tokenizer()

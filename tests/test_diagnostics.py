@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from opdkit.diagnostics import (entropy_gap, hedge_rate, repeat_count, repeat_ratio, response_diagnostics,
-                                token_diagnostics, with_diagnostics)
+from opdkit.diagnostics import (
+    entropy_gap,
+    hedge_rate,
+    repeat_count,
+    repeat_ratio,
+    response_diagnostics,
+    token_diagnostics,
+    with_diagnostics,
+)
 from opdkit.objectives import make_objective
 from opdkit.scores import ObjectiveInputs, TeacherScores
 

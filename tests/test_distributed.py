@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import engine_overrides
 
 KEYS = ("train/loss", "train/grad_norm", "rollout/tokens", "rollout/length_mean", "reward/mean", "reward/std",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import signal
@@ -12,17 +11,17 @@ import time
 
 import pytest
 import torch
+from conftest import engine_overrides
 from safetensors.torch import load_file
 
-from conftest import engine_overrides
 from opdkit import cli
 from opdkit.config import load_config
 from opdkit.metrics import read_metrics
 from opdkit.models import load_model
-from opdkit.session import build_session
-from opdkit.runner import run
 from opdkit.optim import lr_factor
+from opdkit.runner import run
 from opdkit.runstate import initial_state
+from opdkit.session import build_session
 from opdkit.train import StepSettings, collect, first_special_mask, micro_batch_backward
 
 

@@ -6,17 +6,17 @@ import json
 
 import pytest
 import torch
-
 from conftest import engine_overrides
+
 from opdkit import checkpoint, cli
 from opdkit.config import ConfigError, load_config
 from opdkit.data import DataError, load_jsonl
 from opdkit.lab.tiny import CHATML_TEMPLATE, build_model, build_tokenizer
 from opdkit.metrics import read_metrics
 from opdkit.models import ModelError, load_model, preflight
+from opdkit.runner import run
 from opdkit.session import prepare_items
 from opdkit.teachers import PromptRenderer
-from opdkit.runner import run
 from opdkit.train import TrainingError
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opdkit.forward import (StudentForward, gather_positions, model_head, pack, response_hidden, scoring_positions,
-                            student_head)
+from opdkit.forward import StudentForward, gather_positions, model_head, pack, response_hidden, scoring_positions, student_head
 from opdkit.lab.tiny import build_model, build_tokenizer
 from opdkit.logprobs import selective_log_softmax
 from opdkit.reduction import token_mean

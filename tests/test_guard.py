@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import engine_overrides
+
 from opdkit.config import load_config
 from opdkit.guard import DEFAULT_RULES, Guard, Rule
 from opdkit.metrics import read_metrics

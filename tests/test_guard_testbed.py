@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-
 from opdkit.config import load_config
 from opdkit.lab.testbed import opd_overrides
 from opdkit.runner import run

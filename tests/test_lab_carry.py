@@ -50,6 +50,7 @@ def test_tiny_arch_is_checked_and_qwen2_is_a_qwen2():
 def test_engine_trains_a_qwen2_tiny_model(tmp_path):
     """SFT through the real loop lowers a Qwen2 student's loss; an OPD step toward a Qwen2 teacher moves it."""
     from transformers import AutoModelForCausalLM
+
     from opdkit.config import load_config
     from opdkit.runner import run
     tok = build_tokenizer()

@@ -6,7 +6,7 @@ import torch
 
 from opdkit.logprobs import Head, chunked_objective_loss, objective_loss, selective_log_softmax
 from opdkit.objectives import OBJECTIVES, make_objective
-from opdkit.reduction import token_mean, token_weights
+from opdkit.reduction import token_weights
 from opdkit.scores import ObjectiveInputs, TeacherScores
 
 

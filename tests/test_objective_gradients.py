@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import full_inputs
 
 from opdkit.objectives import OBJECTIVES, make_objective
 from opdkit.scores import ObjectiveInputs, TeacherScores
-from conftest import full_inputs
 
 V = 12
 # Options that keep every top-K support a proper subset of the small test vocabulary.

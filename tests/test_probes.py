@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import engine_overrides
+
 from opdkit import cli
 from opdkit.config import load_config
 from opdkit.probes import pair_verdict, pi_verdict, probe_pair, probe_pi, probe_prefix

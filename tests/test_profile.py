@@ -3,8 +3,8 @@ its step time), the bf16 rollout copy, the bf16 teacher, chunk size and the mmap
 from __future__ import annotations
 
 import pytest
-
 from conftest import engine_overrides
+
 from opdkit import cli
 from opdkit.metrics import read_metrics
 from opdkit.profile import PHASES, PhaseTimer, breakdown, format_breakdown
@@ -47,6 +47,7 @@ def test_profiled_distill_run_times_every_phase_within_the_step(tiny_dir, tmp_pa
 
 def test_bf16_rollout_copy_follows_the_student_and_keeps_buffers_fp32(tiny_dir, tmp_path):
     import torch
+
     from opdkit.config import load_config
     from opdkit.runner import run
     from opdkit.session import build_session
@@ -85,6 +86,7 @@ def test_small_chunks_and_mmap_threshold_change_memory_settings_not_results(tiny
 
 def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
     import torch
+
     from opdkit.config import load_config
     from opdkit.session import build_session
     losses = {}
@@ -100,6 +102,7 @@ def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
 
 def test_fused_adamw_matches_the_default_update():
     import torch
+
     from opdkit.optim import adamw
     torch.manual_seed(0)
     weights = [torch.randn(7, 5), torch.randn(5)]

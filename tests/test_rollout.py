@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from opdkit.data import Example, messages, render
+from opdkit.forward import pack, pad_rows, response_hidden
 from opdkit.lab.tiny import build_model, build_tokenizer
 from opdkit.models import keep_every_nth_layer
-from opdkit.forward import pack, pad_rows, response_hidden
 from opdkit.rollout import HFSampler, response_length
 from opdkit.teachers import PromptRenderer, SelfTeacher
 

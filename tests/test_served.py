@@ -72,10 +72,11 @@ def vllm_server(model, k: int):
 
 def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tiny_dir, tmp_path):
     from conftest import engine_overrides
+
     from opdkit.config import load_config
-    from opdkit.session import build_session, new_stream
     from opdkit.optim import make_optimizer
     from opdkit.runstate import initial_state
+    from opdkit.session import build_session, new_stream
     from opdkit.train import StepSettings, train_step
 
     def step(url: str) -> dict:
@@ -100,6 +101,7 @@ def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tin
 
 def test_a_run_with_a_served_teacher_and_the_default_objective_is_refused(tiny_dir, tmp_path):
     from conftest import engine_overrides
+
     from opdkit.config import ConfigError, load_config
     from opdkit.session import build_session
     over = engine_overrides(tiny_dir, tmp_path, **{"model.teacher": "served-name", "teacher.url": "http://x/v1"})

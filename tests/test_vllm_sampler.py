@@ -52,6 +52,7 @@ def test_engine_vllm_without_vllm_is_one_clear_error(tiny_dir, tmp_path):
     except ImportError:
         pass
     from conftest import engine_overrides
+
     from opdkit.config import ConfigError, load_config
     from opdkit.session import build_session
     with pytest.raises(ConfigError, match="rollout.engine=vllm needs"):

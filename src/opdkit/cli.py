@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
 from opdkit import checkpoint
 from opdkit.checkpoint import CheckpointError
 from opdkit.config import ConfigError, field_docs, load_config
@@ -40,7 +41,6 @@ from opdkit.runner import run
 from opdkit.session import build_session
 from opdkit.tasks import write_task
 from opdkit.train import TrainingError
-
 
 # Exceptions that report bad input (printed as one message) rather than a bug (traceback).
 USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrainingError)

@@ -17,9 +17,9 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from opdkit.checkpoint import atomic_write_text
 from opdkit.guard import Guard
 from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
-from opdkit.checkpoint import atomic_write_text
 
 MODES = ("sft", "distill", "self-distill", "grpo")
 # Top-K RKL with a tail bucket: sound (p = q on K and on the tail), works with served

@@ -37,8 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opdkit.config import ConfigError
 from opdkit import checkpoint
+from opdkit.config import ConfigError
 
 STRATEGIES = ("ddp", "fsdp")
 

@@ -13,9 +13,9 @@ import torch
 from opdkit.checkpoint import seeded
 from opdkit.data import batches
 from opdkit.diagnostics import hedge_rate
+from opdkit.forward import model_head, pack
 from opdkit.logprobs import chunked_objective_loss
 from opdkit.objectives import make_objective
-from opdkit.forward import model_head, pack
 from opdkit.rewards import make_check, make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs

@@ -12,8 +12,8 @@ RKL = KL(p || q), FKL = KL(q || p). Logits are upcast to fp32 before any log-sof
 from __future__ import annotations
 
 import difflib
-import math
 import inspect
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from opdkit import topk as topk_lib
 from opdkit.scores import ObjectiveInputs, ObjectiveOutput, check_shapes, upcast
 from opdkit.scores import require as _require_fields
-from opdkit import topk as topk_lib
-
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from opdkit.checkpoint import seeded
 from opdkit.data import batches
 from opdkit.diagnostics import HEDGE_WORDS, with_diagnostics
-from opdkit.objectives import make_objective
+from opdkit.evaluate import _generate, eval_items, identity_self_test, score_responses
 from opdkit.forward import model_head, pack
+from opdkit.objectives import make_objective
 from opdkit.rewards import make_reward
 from opdkit.session import Session
-from opdkit.evaluate import _generate, eval_items, identity_self_test, score_responses
 
 MAX_NLL_EXCESS = 2.0          # teacher NLL of student tokens this many nats above the student's own: incompatible
 MAX_PAIR_KL = 2.0             # KL(student || teacher) per token above this: far apart

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import yaml
 
-from opdkit.config import MODES, Config, ConfigError, _flatten, set_key, validate
-from opdkit.schedules import Criterion, LengthCurriculum, StageControl, heldout_entropy, parse_criterion, parse_length
 from opdkit.checkpoint import atomic_write_text
+from opdkit.config import MODES, Config, ConfigError, _flatten, set_key, validate
 from opdkit.evaluate import eval_items, evaluate_session
 from opdkit.export import export_run
 from opdkit.metrics import read_metrics
 from opdkit.runner import run
+from opdkit.schedules import Criterion, LengthCurriculum, StageControl, heldout_entropy, parse_criterion, parse_length
 from opdkit.session import _require_fields, build_session, load_items
 from opdkit.teachers import PromptRenderer
 

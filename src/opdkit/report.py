@@ -16,8 +16,8 @@ import io
 import json
 from pathlib import Path
 
-from opdkit.metrics import read_metrics
 from opdkit.diagnostics import HEDGE_WORDS
+from opdkit.metrics import read_metrics
 
 CURVES = [
     ("train/loss", "training loss"), ("rollout/accuracy", "sampled accuracy"), ("eval/accuracy", "held-out accuracy"),

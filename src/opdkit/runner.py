@@ -27,8 +27,7 @@ from opdkit.guard import Alarm, Guard, describe_alarm, most_severe, plan_rollbac
 from opdkit.metrics import MetricLog, read_metrics
 from opdkit.optim import make_optimizer, set_peak_lr
 from opdkit.profile import PhaseTimer, breakdown, format_breakdown
-from opdkit.run_checkpoint import (Trainables, check_resume_config, load_weights_and_position, resumed_changes,
-                                   save_run)
+from opdkit.run_checkpoint import Trainables, check_resume_config, load_weights_and_position, resumed_changes, save_run
 from opdkit.runstate import bind_objective, initial_state
 from opdkit.session import Session, build_session, new_stream
 from opdkit.train import StepSettings, TrainingError, train_step

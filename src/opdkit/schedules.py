@@ -31,7 +31,6 @@ from opdkit.config import ConfigError
 from opdkit.evaluate import _generate
 from opdkit.forward import model_head, pack
 
-
 # ----------------------------------------------------------------------------- switch criteria
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import torch
 from opdkit.config import ConfigError
 from opdkit.scores import TeacherScores
 
+
 class ServedTeacherError(RuntimeError):
     """The server's answer cannot be used; the message says what was expected."""
 

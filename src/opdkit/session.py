@@ -19,8 +19,8 @@ from opdkit.memory import set_mmap_threshold
 from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import make_objective, needs_teacher, teacher_mismatch
 from opdkit.rollout import HFSampler, LowPrecisionCopy
-from opdkit.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
 from opdkit.served import ServedTeacher
+from opdkit.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
 from opdkit.vllm_sampler import VLLMSampler, VLLMUnavailable
 
 

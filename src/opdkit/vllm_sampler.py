@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from opdkit.logprobs import selective_log_softmax
 from opdkit.forward import pack
+from opdkit.logprobs import selective_log_softmax
 from opdkit.rollout import HFSampler, Rollouts
 
 

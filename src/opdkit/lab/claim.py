@@ -9,10 +9,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
 from opdkit.config import load_config
 from opdkit.lab.carry import build_carry_testbed
 from opdkit.lab.testbed import build_pi_testbed, build_testbed, opd_overrides
 from opdkit.runner import run
+
 
 @dataclass
 class Claim:

@@ -12,8 +12,20 @@ from __future__ import annotations
 from opdkit.lab.claim import Claim
 from opdkit.lab.claims_opsd import judge_c8, judge_c9, judge_c11, judge_c12, run_c8, run_c9, run_c11, run_c12
 from opdkit.lab.claims_teacher import judge_c4, judge_c6, run_c4, run_c6
-from opdkit.lab.claims_topk import (judge_c1, judge_c2, judge_c3, judge_c5, judge_c7, judge_c10, run_c1, run_c2,
-                                    run_c3, run_c5, run_c7, run_c10)
+from opdkit.lab.claims_topk import (
+                                    judge_c1,
+                                    judge_c2,
+                                    judge_c3,
+                                    judge_c5,
+                                    judge_c7,
+                                    judge_c10,
+                                    run_c1,
+                                    run_c2,
+                                    run_c3,
+                                    run_c5,
+                                    run_c7,
+                                    run_c10,
+)
 
 CLAIMS = [
     Claim("C1", "unnormalised top-K RKL trains, then collapses",

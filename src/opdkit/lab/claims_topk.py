@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import statistics
 
-from opdkit.lab.claim import Context, fmt, opd, summary, tail_mean
 from opdkit.config import load_config
 from opdkit.export import export_run
+from opdkit.lab.claim import Context, fmt, opd, summary, tail_mean
 from opdkit.lab.testbed import build_hedge_teacher
 from opdkit.probes import _hedge_probability, hedge_token_ids
 from opdkit.runner import run

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import statistics
+
 from opdkit.report import _img, _png
 
 

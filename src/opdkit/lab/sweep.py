@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from opdkit.config import load_config
 from opdkit.lab.claim import tail_mean
 from opdkit.lab.testbed import build_testbed, opd_overrides

@@ -16,9 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-from opdkit.lab.tiny import build_tokenizer, save_tiny
 from opdkit.config import load_config
 from opdkit.export import export_run
+from opdkit.lab.tiny import build_tokenizer, save_tiny
 from opdkit.runner import run
 
 
