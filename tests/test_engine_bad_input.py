@@ -9,15 +9,15 @@ import torch
 from conftest import engine_overrides
 
 from opdkit import checkpoint, cli
-from opdkit.config import ConfigError, load_config
-from opdkit.data import DataError, load_jsonl
+from opdkit.config import load_config
+from opdkit.data import load_jsonl
+from opdkit.errors import ConfigError, DataError, ModelError, TrainingError
 from opdkit.lab.tiny import CHATML_TEMPLATE, build_model, build_tokenizer
 from opdkit.metrics import read_metrics
-from opdkit.models import ModelError, load_model, preflight
+from opdkit.models import load_model, preflight
 from opdkit.runner import run
 from opdkit.session import prepare_items
 from opdkit.teachers import PromptRenderer
-from opdkit.train import TrainingError
 
 
 def _write(path, lines):

@@ -169,7 +169,7 @@ def test_retire_fixed_by_drops_only_rules_whose_remedy_is_in_use():
 
 
 def test_a_rules_switch_objective_is_checked_when_the_config_loads(tiny_dir, tmp_path):
-    from opdkit.config import ConfigError
+    from opdkit.errors import ConfigError
 
     def load(rule: dict, **extra):
         return load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / "r", **{

@@ -67,7 +67,8 @@ def test_bf16_rollout_copy_follows_the_student_and_keeps_buffers_fp32(tiny_dir, 
 
 
 def test_sampler_dtype_is_validated(tiny_dir, tmp_path):
-    from opdkit.config import ConfigError, load_config
+    from opdkit.config import load_config
+    from opdkit.errors import ConfigError
     with pytest.raises(ConfigError, match="rollout.sampler_dtype"):
         load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path, **{
             "model.teacher": tiny_dir / "teacher", "rollout.sampler_dtype": "int4"}))

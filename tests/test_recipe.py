@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 from opdkit.metrics import read_metrics
 from opdkit.recipe import format_table, load_recipe, run_recipe, stage_config
 

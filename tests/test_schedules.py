@@ -5,7 +5,7 @@ import pytest
 import yaml
 from test_recipe import base, quiet, write
 
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 from opdkit.metrics import read_metrics
 from opdkit.recipe import build_stage_session, load_recipe, run_recipe, stage_config
 from opdkit.schedules import Criterion, next_length, parse_length, plateaued

@@ -102,7 +102,8 @@ def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tin
 def test_a_run_with_a_served_teacher_and_the_default_objective_is_refused(tiny_dir, tmp_path):
     from conftest import engine_overrides
 
-    from opdkit.config import ConfigError, load_config
+    from opdkit.config import load_config
+    from opdkit.errors import ConfigError
     from opdkit.session import build_session
     over = engine_overrides(tiny_dir, tmp_path, **{"model.teacher": "served-name", "teacher.url": "http://x/v1"})
     with pytest.raises(ConfigError, match="'topk_rkl_tail' needs the teacher's log-probabilities over support='student'"):

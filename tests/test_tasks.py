@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 from opdkit.rewards import numeric_reward
 from opdkit.tasks import TEMPLATES, TRAIN_TEMPLATES, generate, write_task
 

@@ -53,7 +53,8 @@ def test_engine_vllm_without_vllm_is_one_clear_error(tiny_dir, tmp_path):
         pass
     from conftest import engine_overrides
 
-    from opdkit.config import ConfigError, load_config
+    from opdkit.config import load_config
+    from opdkit.errors import ConfigError
     from opdkit.session import build_session
     with pytest.raises(ConfigError, match="rollout.engine=vllm needs"):
         build_session(load_config("sft", None, engine_overrides(tiny_dir, tmp_path, **{"rollout.engine": "vllm"})))

@@ -15,11 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from opdkit.errors import CheckpointError
+
 PREFIX = "step_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says what is intact."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -25,13 +25,11 @@ import sys
 from pathlib import Path
 
 from opdkit import checkpoint
-from opdkit.checkpoint import CheckpointError
-from opdkit.config import ConfigError, field_docs, load_config
-from opdkit.data import DataError
+from opdkit.config import field_docs, load_config
+from opdkit.errors import USER_ERRORS, ConfigError
 from opdkit.evaluate import evaluate_session, identity_self_test, sample_answers
 from opdkit.export import export_run
 from opdkit.lab import fixed_points, reproduce, sweep
-from opdkit.models import ModelError
 from opdkit.objectives import describe
 from opdkit.plots import plot_run
 from opdkit.probes import PROBES, format_probe
@@ -40,10 +38,6 @@ from opdkit.report import build_report
 from opdkit.runner import run
 from opdkit.session import build_session
 from opdkit.tasks import write_task
-from opdkit.train import TrainingError
-
-# Exceptions that report bad input (printed as one message) rather than a bug (traceback).
-USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrainingError)
 
 
 def _objectives(args: argparse.Namespace) -> int:
@@ -169,6 +163,14 @@ def _lab_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opdkit", description="On-policy distillation toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_tool_commands(sub)
+    _add_lab_commands(sub.add_parser("lab", help="the miniature testbed").add_subparsers(dest="experiment", required=True))
+    return parser
+
+
+def _add_run_commands(sub) -> None:
+    """objectives, config, the four training commands, eval, preflight, probe."""
     p = sub.add_parser("objectives", help="list every objective with its fixed point")
     p.set_defaults(func=_objectives)
     p = sub.add_parser("config", help="list every config key with its default and doc")
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write probe_<name>.json here (the report reads it)")
     p.set_defaults(func=_probe)
 
+
+def _add_tool_commands(sub) -> None:
+    """report, plot, recipe, task, export."""
     p = sub.add_parser("report", help="one self-contained HTML page: curves, alarms, word clouds, probes, config")
     p.add_argument("run_dirs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("report.html"))
@@ -240,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="a specific checkpoint directory (default: newest)")
     p.set_defaults(func=_export)
 
-    lab = sub.add_parser("lab", help="the miniature testbed").add_subparsers(dest="experiment", required=True)
+
+def _add_lab_commands(lab) -> None:
     p = lab.add_parser("fixed-points", help="descend each objective on free logits; compare with MATH.md")
     p.add_argument("--out", type=Path, default=Path("runs/fixed-points"), help="output directory")
     p.add_argument("--positions", type=int, default=64, help="independent positions (rows)")
@@ -261,7 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
     p.add_argument("--steps", type=int, default=150, help="OPD steps per run")
     p.set_defaults(func=_lab_sweep)
-    return parser
 
 
 def _quiet_transformers() -> None:

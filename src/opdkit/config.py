@@ -18,6 +18,7 @@ from typing import Any, get_origin, get_type_hints
 import yaml
 
 from opdkit.checkpoint import atomic_write_text
+from opdkit.errors import ConfigError
 from opdkit.guard import Guard
 from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
 
@@ -33,10 +34,6 @@ def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasse
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"doc": text})
     return field(default=default, metadata={"doc": text})
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message names the key and the fix."""
 
 
 @dataclass

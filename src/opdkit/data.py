@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-
-class DataError(ValueError):
-    """A problem with a dataset file; the message names the file, the line and the fix."""
+from opdkit.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from opdkit import checkpoint
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp")
 

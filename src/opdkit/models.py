@@ -19,12 +19,9 @@ from pathlib import Path
 import torch
 
 from opdkit.data import messages, render
+from opdkit.errors import ModelError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelError(ValueError):
-    """A model that cannot be loaded or a pair that does not fit; the message says what to change."""
 
 
 def resolve(path: str) -> tuple[Path, str | None]:

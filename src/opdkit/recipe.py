@@ -30,7 +30,8 @@ from pathlib import Path
 import yaml
 
 from opdkit.checkpoint import atomic_write_text
-from opdkit.config import MODES, Config, ConfigError, _flatten, set_key, validate
+from opdkit.config import MODES, Config, _flatten, set_key, validate
+from opdkit.errors import ConfigError
 from opdkit.evaluate import eval_items, evaluate_session
 from opdkit.export import export_run
 from opdkit.metrics import read_metrics

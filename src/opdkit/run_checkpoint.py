@@ -16,10 +16,10 @@ import yaml
 
 from opdkit import checkpoint, distributed
 from opdkit.config import Config, config_from_dict, to_dict
+from opdkit.errors import TrainingError
 from opdkit.guard import Guard
 from opdkit.runstate import RunState
 from opdkit.session import Session
-from opdkit.train import TrainingError
 
 
 @dataclass

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from opdkit import checkpoint, distributed
 from opdkit.config import Config, save_config
+from opdkit.errors import TrainingError
 from opdkit.evaluate import evaluate_session, gap_recovery, identity_self_test
 from opdkit.guard import Alarm, Guard, describe_alarm, most_severe, plan_rollback
 from opdkit.metrics import MetricLog, read_metrics
@@ -30,7 +31,7 @@ from opdkit.profile import PhaseTimer, breakdown, format_breakdown
 from opdkit.run_checkpoint import Trainables, check_resume_config, load_weights_and_position, resumed_changes, save_run
 from opdkit.runstate import bind_objective, initial_state
 from opdkit.session import Session, build_session, new_stream
-from opdkit.train import StepSettings, TrainingError, train_step
+from opdkit.train import StepSettings, train_step
 
 
 class GuardStopped(TrainingError):

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from opdkit.checkpoint import seeded
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 from opdkit.evaluate import _generate
 from opdkit.forward import model_head, pack
 

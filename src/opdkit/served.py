@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 from opdkit.scores import TeacherScores
 
 

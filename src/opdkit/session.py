@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from opdkit.config import Config, ConfigError
+from opdkit.config import Config
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.distributed import Dist
+from opdkit.errors import ConfigError
 from opdkit.forward import StudentForward
 from opdkit.memory import set_mmap_threshold
 from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight

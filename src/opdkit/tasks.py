@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from opdkit.config import ConfigError
+from opdkit.errors import ConfigError
 
 NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Ravi", "Zoe", "Omar"]
 THINGS = ["apples", "books", "coins", "marbles", "stickers", "pens"]

@@ -35,10 +35,6 @@ from opdkit.scores import ObjectiveInputs
 from opdkit.session import Session
 
 
-class TrainingError(RuntimeError):
-    """The run cannot continue (repeated non-finite steps, mismatched resume)."""
-
-
 @dataclass(frozen=True)
 class StepSettings:
     """What one optimizer step reads from the config, as values (`from_config`, once per run)."""
@@ -222,17 +218,7 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
         local = torch.stack([total(losses), total(counts)] + [total(sums[k]) for k in keys]).tolist()
         loss_total, counts, *values = s.dist.sum(local)
         sums = dict(zip(keys, values))
-        norm = grad_norm(s.student, c.optim.max_grad_norm)
-        finite = math.isfinite(loss_total) and math.isfinite(norm)
-        if finite:
-            optimizer.step()
-            scheduler.step()
-            if s.teacher is not None:
-                s.teacher.after_step(s.student)
-            if hasattr(s.sampler, "sync_weights"):           # vLLM holds its own copy of the student
-                with s.dist.full_weights():
-                    s.sampler.sync_weights(s.student)
-        optimizer.zero_grad(set_to_none=True)
+        norm, finite = optimizer_step(s, c, optimizer, scheduler, loss_total)
     with timer("diagnostics"):
         rollouts, texts, rewards, masked = _global_view(s, rollouts, texts, rewards, masked)   # texts: every rank's
         responses, token_means, lengths = _step_diagnostics(s, c, state.max_new_tokens, rollouts, texts, rewards, sums,
@@ -247,6 +233,23 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
     # Every rank logs nothing but acts on these (guard, non-finite stop): one set for all. The
     # sums above are already global; rank 0's timings and sampler mismatch stand for the rest.
     return StepOutcome(s.dist.broadcast(metrics), finite, texts)
+
+
+def optimizer_step(s: Session, c: StepSettings, optimizer, scheduler, loss_total: float) -> tuple[float, bool]:
+    """Clip and step when loss and gradient norm are finite (else skip); sync teacher and sampler.
+    Returns (gradient norm, whether the step was taken)."""
+    norm = grad_norm(s.student, c.optim.max_grad_norm)
+    finite = math.isfinite(loss_total) and math.isfinite(norm)
+    if finite:
+        optimizer.step()
+        scheduler.step()
+        if s.teacher is not None:
+            s.teacher.after_step(s.student)
+        if hasattr(s.sampler, "sync_weights"):           # vLLM holds its own copy of the student
+            with s.dist.full_weights():
+                s.sampler.sync_weights(s.student)
+    optimizer.zero_grad(set_to_none=True)
+    return norm, finite
 
 
 def _step_diagnostics(s: Session, c: StepSettings, max_new_tokens: int, rollouts: Rollouts, texts: list[str], rewards,
