@@ -32,7 +32,15 @@ def _objectives(args: argparse.Namespace) -> int:
 
 
 def _lab_fixed_points(args: argparse.Namespace) -> int:
+    from opdkit.errors import UsageError
     from opdkit.lab import fixed_points
+    for flag, value in (("--positions", args.positions), ("--vocab", args.vocab), ("--k", args.k), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.k >= args.vocab:
+        raise UsageError(f"--k {args.k} must be smaller than --vocab {args.vocab} (the top-K needs a tail)")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
     rows = fixed_points.run(args.out, positions=args.positions, vocab=args.vocab, k=args.k,
                             steps=args.steps, lr=args.lr, seed=args.seed)
     print(fixed_points.format_table(rows))
@@ -162,7 +170,14 @@ def _lab_sweep(args: argparse.Namespace) -> int:
 
 
 def _lab_reproduce(args: argparse.Namespace) -> int:
+    from opdkit.errors import UsageError
     from opdkit.lab import reproduce
+    try:
+        reproduce.select(args.only)
+    except ValueError as e:
+        raise UsageError(f"--only: {e}") from None
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
     rows = reproduce.reproduce(args.out, quick=args.quick, only=args.only, seeds=args.seeds)
     print(reproduce.format_table(rows))
     print(f"\nwrote {args.out / 'claims.json'} and {args.out / 'report.html'}")
@@ -279,11 +294,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in ("objectives", "config"):
         _quiet_transformers()
+    from opdkit.errors import Interrupted, no_room
     try:
         return args.func(args)
     except USER_ERRORS() as e:
-        print(f"opdkit: error: {e}", file=sys.stderr)
+        print(f"opdkit: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as e:       # 130: the shell's code for a run ended by SIGINT
+        print(f"opdkit: {one_line(e) or 'interrupted'}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if no_room(e) is None:
+            raise
+        print(f"opdkit: error: {no_room(e)} while writing {e.filename or 'a file'}; free space "
+              f"(or raise the limit) and rerun (training: add --resume)", file=sys.stderr)
+        return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message on one line: a multi-line message (the pair preflight's list) joined with '; '."""
+    parts = [part.strip() for part in str(e).splitlines() if part.strip()]
+    return "; ".join(part[2:] if part.startswith("- ") else part for part in parts)
 
 
 def USER_ERRORS() -> tuple[type, ...]:
@@ -291,9 +322,10 @@ def USER_ERRORS() -> tuple[type, ...]:
     from opdkit.checkpoint import CheckpointError
     from opdkit.config import ConfigError
     from opdkit.data import DataError
+    from opdkit.errors import RunDirError, UsageError
     from opdkit.models import ModelError
     from opdkit.train import TrainingError
-    return (ConfigError, DataError, ModelError, CheckpointError, TrainingError)
+    return (ConfigError, DataError, ModelError, CheckpointError, TrainingError, RunDirError, UsageError)
 
 
 if __name__ == "__main__":

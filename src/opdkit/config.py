@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
@@ -123,6 +124,8 @@ class RunConfig:
     save_every: int = doc("checkpoint every n steps (and at the end)", 50)
     keep_checkpoints: int = doc("completed checkpoints kept on disk", 2)
     max_bad_steps: int = doc("stop after this many non-finite steps in a row (each is skipped)", 3)
+    max_weight_growth: float = doc("stop, unsaved, when one step makes the weights non-finite or multiplies their "
+                                   "L2 norm by more than this (divergence; 0: only non-finite)", 2.0)
     eval_every: int = doc("evaluate on data.eval every n steps (0: off)", 0)
     eval_limit: int = doc("prompts used by in-run evaluation", 32)
     check: str = doc("rule check for eval: 'contains:TEXT', 'regex:PATTERN', 'spanish' ('' = none)", "")
@@ -225,12 +228,47 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     raise ConfigError(f"{key} must be a {getattr(origin, '__name__', origin)}, got {value!r}")
 
 
+def closest_key(key: str, keys: list[str]) -> str | None:
+    """The valid key a user most likely meant: by its leaf name first, then by the whole key.
+
+    A leaf spelled out where opdkit abbreviates (optim.learning_rate -> optim.lr) is matched
+    by its initials; a misspelt leaf by similarity within its own section, then anywhere.
+    """
+    section, _, leaf = key.rpartition(".")
+    initials = "".join(word[0] for word in leaf.split("_") if word)
+    same_section = [k for k in keys if k.rpartition(".")[0] == section]
+    for pool in (same_section, keys):
+        by_leaf = {k.rpartition(".")[2]: k for k in pool}
+        if len(initials) > 1 and initials in by_leaf:
+            return by_leaf[initials]
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+        if close:
+            return by_leaf[close[0]]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents; a syntax error names the file, line and column."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8; "
+                          f"save the file as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: YAML syntax error ({problem}); fix the file there "
+                          f"(sections are `name:` with indented `key: value` lines)") from None
+
+
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set a dotted key, refusing unknown keys (with the closest valid one) and bad values."""
     keys = all_keys()
     if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest_key(key, list(keys))
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ConfigError(f"unknown config key {key!r}.{hint} `opdkit config` lists every key.")
     value = _coerce(key, value, keys[key])
     if key in CHOICES and value not in CHOICES[key]:
@@ -274,10 +312,11 @@ def load_config(mode: str, path: str | Path | None = None, overrides: list[str] 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...) at the top")
         tree.pop("mode", None)  # the command decides the mode
+        tree.pop(HISTORY, None)  # a run's config.yaml used as --config: its resume history is not a setting
         for key, value in _flatten(tree).items():
             set_key(cfg, key, value)
     for text in overrides:
@@ -311,23 +350,57 @@ def validate(cfg: Config, need_train: bool = True) -> None:
             raise ConfigError(f"{key} must be 0 (automatic) or positive")
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         raise ConfigError(f"rollout.top_p must lie in (0, 1], got {cfg.rollout.top_p}")
-    if cfg.rollout.temperature <= 0:
+    if not cfg.rollout.temperature > 0 or not math.isfinite(cfg.rollout.temperature):
         raise ConfigError("rollout.temperature must be positive (greedy decoding is for eval only)")
+    if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
+        raise ConfigError(f"optim.lr must be a positive finite number, got {cfg.optim.lr}; e.g. optim.lr=1e-5")
+    validate_objective(cfg.objective_name, cfg.objective.options)
+    validate_guard(cfg.guard)
+
+
+def validate_objective(name: str, options: dict) -> None:
+    """Unknown objectives and options are refused here, before any model loads."""
+    from opdkit.objectives import make_objective
+    key = "objective.options" if name in _objective_names() else "objective.name"
+    try:
+        make_objective(name, **options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _objective_names() -> tuple[str, ...]:
+    from opdkit.objectives import OBJECTIVES
+    return tuple(OBJECTIVES)
+
+
+def validate_guard(g: GuardConfig) -> None:
+    """Unknown guard rules, rule keys and rules without bounds are refused at config load."""
+    from opdkit.guard import Guard
+    try:
+        Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"guard: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> None:
+HISTORY = "changes"    # config.yaml: the settings changed on --resume, oldest first ({step, key, old, new})
+
+
+def save_config(cfg: Config, path: Path, history: list[dict] = ()) -> None:
     from opdkit.checkpoint import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tree = to_dict(cfg)
+    if history:
+        tree[HISTORY] = list(history)
+    atomic_write_text(path, yaml.safe_dump(tree, sort_keys=False))
 
 
 def config_from_dict(tree: dict) -> Config:
     cfg = Config()
     mode = tree.get("mode", "distill")
     set_key(cfg, "mode", mode)
-    for key, value in _flatten({k: v for k, v in tree.items() if k != "mode"}).items():
+    for key, value in _flatten({k: v for k, v in tree.items() if k not in ("mode", HISTORY)}).items():
         set_key(cfg, key, value)
     return cfg

@@ -26,9 +26,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from opdkit.config import MODES, Config, ConfigError, _flatten, set_key, validate
+from opdkit.config import MODES, Config, ConfigError, _flatten, read_yaml, set_key, validate
 from opdkit.schedules import Criterion, LengthCurriculum, StageControl, parse_criterion, parse_length
 
 KINDS = MODES + ("eval",)
@@ -65,7 +63,7 @@ def load_recipe(path: str | Path, out: str | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist")
-    tree = yaml.safe_load(path.read_text()) or {}
+    tree = read_yaml(path) or {}
     if not isinstance(tree, dict) or not isinstance(tree.get("stages"), list) or not tree["stages"]:
         raise ConfigError(f"{path}: a recipe is a mapping with `stages:` (a non-empty list) and optional `out:`, `base:`")
     unknown = sorted(set(tree) - {"out", "base", "stages"})

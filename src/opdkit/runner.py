@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from opdkit import checkpoint, distributed
-from opdkit.config import Config, config_from_dict, save_config, to_dict
+from opdkit import checkpoint, distributed, rundir
+from opdkit.config import HISTORY, Config, config_from_dict, read_yaml, save_config, to_dict
+from opdkit.divergence import WeightWatch
+from opdkit.errors import Interrupted
 from opdkit.diagnostics import with_diagnostics
 from opdkit.guard import Alarm, Guard, describe_alarm
 from opdkit.metrics import MetricLog
@@ -33,13 +35,16 @@ def checkpoint_modules(s: Session) -> dict:
     return {"student": s.student, **(s.teacher.checkpoint_modules() if s.teacher is not None else {})}
 
 
-def check_resume_config(cfg: Config, run_dir: Path) -> None:
-    import yaml
+def check_resume_config(cfg: Config, run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(history kept in config.yaml, changes this resume makes: optim.lr only, see opdkit.rundir)."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        return
-    old = to_dict(config_from_dict(yaml.safe_load(saved.read_text())))
+        return [], []
+    tree = read_yaml(saved) or {}
+    history = list(tree.get(HISTORY) or [])
+    old = to_dict(config_from_dict(tree))
     new = to_dict(cfg)
+    changes = rundir.resume_changes(old, new, step=-1)      # the step is filled in once resumed
     # Only the length of the run and how it is spread over processes may change on resume.
     old["optim"]["steps"] = new["optim"]["steps"]
     old["run"]["parallel"] = new["run"]["parallel"]
@@ -49,6 +54,7 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
         diff = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) for k in new[sec] if old[sec].get(k) != new[sec][k]]
         raise TrainingError(f"--resume with a different config than {saved}: {diff or ['mode']} changed; "
                             f"start a new run directory or restore the original values")
+    return history, changes
 
 
 def switch_objective(s: Session, name: str) -> None:
@@ -75,6 +81,7 @@ class Runner:
         self.guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable) if g.enabled else None
         self.retire_rules_fixed_by(s.objective_name)
         self.step, self.bad_streak, self.rollbacks = 0, 0, 0
+        self.watch = WeightWatch(self.cfg.run.max_weight_growth)
         self.changes: dict = {}          # what the guard changed: {"lr_scale": f, "objective": name}
         self.rows: list[dict] = []
 
@@ -96,15 +103,18 @@ class Runner:
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.bad_streak = state["step"], state["bad_streak"]
+        self.watch.forget()
         return state
 
     def resume(self) -> None:
-        path = checkpoint.latest(self.run_dir)
+        path, state = checkpoint.load_newest_intact(self.run_dir, self.load, self.warn)
         if path is None:
             self.log.truncate_after(-1)        # an attempt that died before its first checkpoint left rows
             return
-        state = self.load(path)
         self.rollbacks, self.changes = state.get("rollbacks", 0), dict(state.get("changes", {}))
+        scale = self.changes.get("lr_scale", 1.0)
+        if self.scheduler.base_lrs[0] != self.cfg.optim.lr * scale:      # optim.lr changed on --resume
+            self.set_lr_scale(scale)
         if self.changes.get("objective"):
             switch_objective(self.s, self.changes["objective"])
             self.retire_rules_fixed_by(self.changes["objective"])
@@ -162,8 +172,11 @@ class Runner:
         from opdkit.evaluate import evaluate_session, gap_recovery
         cfg = self.cfg
         timer = PhaseTimer(sync=cfg.run.profile)
+        self.watch.before_step(self.s.student)
         outcome = train_step(self.s, self.stream, self.optimizer, self.scheduler, timer)
         self.step += 1
+        if outcome.finite:            # a diverged step raises here: nothing of it is logged or saved
+            self.watch.after_step(self.s.student, self.step, outcome.metrics["train/lr"], checkpoint.latest(self.run_dir))
         self.bad_streak = 0 if outcome.finite else self.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
         if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and cfg.data.eval:
@@ -189,6 +202,11 @@ class Runner:
             return                                  # rolled back: the step counter moved back
         if self.step % cfg.run.save_every == 0 or self.step == cfg.optim.steps:
             self.save()
+
+    def warn(self, text: str) -> None:
+        from opdkit.metrics import warn
+        warn(text)
+        self.log.event(self.step, "warning", text=text)
 
     def before_eval(self) -> dict:
         """The step-0 evaluation of this run (from metrics.jsonl, so it survives resumes)."""
@@ -273,22 +291,38 @@ class Runner:
 
 def run(cfg: Config, resume: bool = False, session: Session | None = None, control=None) -> list[dict]:
     """Train; returns the metrics rows logged by this call. `control`: see Runner."""
+    import os
+    import sys
     run_dir = Path(cfg.run.out)
+    if resume:
+        rundir.require_resumable(run_dir)
     if not resume and checkpoint.latest(run_dir) is not None:
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
-    if resume:
-        check_resume_config(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    s = session or build_session(cfg)
-    distributed.setup(s, cfg.run.parallel)
-    if s.dist.main:
-        save_config(cfg, run_dir / "config.yaml")
-    runner = Runner(s, run_dir, control)
-    if resume:
-        runner.resume()
-    try:
-        if runner.step == 0:
-            runner.start()
-        return runner.loop()
-    finally:
-        distributed.teardown()
+    history, changes = check_resume_config(cfg, run_dir) if resume else ([], [])
+    done = rundir.finished_step(run_dir, cfg.optim.steps) if resume else None
+    if done is not None:
+        print(f"opdkit: {run_dir} already finished: its newest checkpoint is step {done} (optim.steps="
+              f"{cfg.optim.steps}); nothing to do. To train further, resume with a larger optim.steps", file=sys.stderr)
+        return []
+    with rundir.RunLock(run_dir, enabled=os.environ.get("RANK", "0") == "0"):     # one owner per run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        s = session or build_session(cfg)
+        distributed.setup(s, cfg.run.parallel)
+        runner = Runner(s, run_dir, control)
+        if resume:
+            runner.resume()
+        for change in changes:
+            change["step"] = runner.step
+            runner.log.event(runner.step, "config_change", **{k: v for k, v in change.items() if k != "step"})
+        if s.dist.main:
+            save_config(cfg, run_dir / "config.yaml", history + changes)
+        try:
+            if runner.step == 0:
+                runner.start()
+            return runner.loop()
+        except KeyboardInterrupt:
+            newest = checkpoint.latest(run_dir)
+            raise Interrupted(f"interrupted at step {runner.step}; resume with --resume (it continues from "
+                              f"{newest.name if newest else 'step 0: no checkpoint yet'})") from None
+        finally:
+            distributed.teardown()
