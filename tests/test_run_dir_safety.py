@@ -48,7 +48,7 @@ def test_a_second_run_is_refused_at_once_and_ctrl_c_is_one_line(tiny_dir, tmp_pa
                              stdout=subprocess.DEVNULL, text=True)
     try:
         _wait_for(lambda: checkpoint.latest(run_dir) is not None, "the first run's first checkpoint")
-        second = _opdkit("sft", *engine_overrides(tiny_dir, run_dir), "--resume", timeout=120)
+        second = _opdkit("sft", *long_run, "--resume", timeout=120)
         line = _one_line(second)
         assert f"in use by another run (pid {first.pid} " in line and "choose another run.out" in line
         first.send_signal(signal.SIGINT)

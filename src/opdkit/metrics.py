@@ -23,12 +23,15 @@ class MetricLog:
     def __init__(self, run_dir: Path, trackers: list[str] = ()):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.events = Path(run_dir) / "events.jsonl"
-        for name in (self.path.name, self.events.name, "samples.jsonl", "abandoned.jsonl"):
-            dropped = repair_tail(Path(run_dir) / name)     # a kill mid-write: the next row would join it
-            if dropped:
-                warn(f"{Path(run_dir) / name}: dropped a torn last line ({len(dropped)} bytes, a write cut short: "
-                     f"{dropped[:60]!r})")
-                self.event(-1, "torn_line_dropped", file=name, text=dropped[:200])
+        # a kill mid-write leaves an unterminated line that the next row would join: cut every
+        # file's tail first, then record what was cut (the record itself goes to events.jsonl)
+        names = (self.path.name, self.events.name, "samples.jsonl", "abandoned.jsonl")
+        dropped = {name: repair_tail(Path(run_dir) / name) for name in names}
+        for name, text in dropped.items():
+            if text:
+                warn(f"{Path(run_dir) / name}: dropped a torn last line ({len(text)} bytes, a write cut short: "
+                     f"{text[:60]!r})")
+                self.event(0, "torn_line_dropped", file=name, text=text[:200])
         self.trackers = [t for t in (_open_tracker(name, run_dir) for name in trackers) if t is not None]
 
     def log(self, step: int, values: dict) -> None:

@@ -296,15 +296,17 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None, contr
     run_dir = Path(cfg.run.out)
     if resume:
         rundir.require_resumable(run_dir)
-    if not resume and checkpoint.latest(run_dir) is not None:
-        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
-    history, changes = check_resume_config(cfg, run_dir) if resume else ([], [])
-    done = rundir.finished_step(run_dir, cfg.optim.steps) if resume else None
-    if done is not None:
-        print(f"opdkit: {run_dir} already finished: its newest checkpoint is step {done} (optim.steps="
-              f"{cfg.optim.steps}); nothing to do. To train further, resume with a larger optim.steps", file=sys.stderr)
-        return []
-    with rundir.RunLock(run_dir, enabled=os.environ.get("RANK", "0") == "0"):     # one owner per run directory
+    # one owner per run directory, taken first: a second run learns that before anything else
+    with rundir.RunLock(run_dir, enabled=os.environ.get("RANK", "0") == "0"):
+        if not resume and checkpoint.latest(run_dir) is not None:
+            raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
+        history, changes = check_resume_config(cfg, run_dir) if resume else ([], [])
+        done = rundir.finished_step(run_dir, cfg.optim.steps) if resume else None
+        if done is not None:
+            print(f"opdkit: {run_dir} already finished: its newest checkpoint is step {done} (optim.steps="
+                  f"{cfg.optim.steps}); nothing to do. To train further, resume with a larger optim.steps",
+                  file=sys.stderr)
+            return []
         run_dir.mkdir(parents=True, exist_ok=True)
         s = session or build_session(cfg)
         distributed.setup(s, cfg.run.parallel)
