@@ -18,8 +18,10 @@ class UsageError(ValueError):
     """A command-line argument out of range; the message names the flag."""
 
 
-class Interrupted(RuntimeError):
-    """Ctrl-C during a run; the message says where the run stopped and how to resume it."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where the run stopped and how to resume it.
+
+    Still a KeyboardInterrupt, so code that calls the runner (recipes, tests) sees Ctrl-C as Ctrl-C."""
 
 
 # write failures that mean "no room": a full disk, a quota, a file-size limit (ulimit -f)

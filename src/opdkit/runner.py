@@ -16,9 +16,9 @@ import torch
 
 from opdkit import checkpoint, distributed, rundir
 from opdkit.config import HISTORY, Config, config_from_dict, read_yaml, save_config, to_dict
+from opdkit.diagnostics import with_diagnostics
 from opdkit.divergence import WeightWatch
 from opdkit.errors import Interrupted
-from opdkit.diagnostics import with_diagnostics
 from opdkit.guard import Alarm, Guard, describe_alarm
 from opdkit.metrics import MetricLog
 from opdkit.profile import PhaseTimer, breakdown, format_breakdown
