@@ -155,3 +155,21 @@ def test_divergence_is_caught_before_it_is_saved_and_resume_takes_a_new_lr(tiny_
         ("optim.lr", 0.001, 1e30, 1), ("optim.lr", 1e30, 1e-05, 1)]
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "config_change" for e in events) == 2
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    """A SIGKILLed run leaves .lock behind, but not the lock: the next run takes the directory."""
+    from opdkit.errors import RunDirError
+    from opdkit.rundir import RunLock
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from opdkit.rundir import RunLock\n"
+                               f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"pid {holder.pid} "):
+            RunLock(tmp_path).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().startswith(f"{os.getpid()} ")
