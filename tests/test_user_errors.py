@@ -126,7 +126,7 @@ def assert_one_error_line(code, stderr: str, pattern: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("name", CASE_NAMES + ["damaged_gguf"])
+@pytest.mark.parametrize("name", sorted(set(CASE_NAMES) | {"damaged_gguf"}))
 def test_bad_input_is_one_line_and_exit_2(outcomes, name):
     if name not in outcomes:
         pytest.skip("the gguf package is not installed")
