@@ -7,6 +7,8 @@ import torch
 from opdkit.objectives import make_objective
 from opdkit.scores import ObjectiveInputs, TeacherScores
 
+pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kernel path too
+
 
 def _pair(seed=0, shape=(4, 6, 30), dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -57,8 +59,8 @@ def test_normalised_family_is_accurate_arbitrarily_close_to_the_ends(dtype, tol)
             beta = gap if end == 0.0 else 1.0 - gap
             x = z.clone().requires_grad_()
             loss, limit = _loss("jsd_norm", x, zt, beta=beta), _loss(name, x, zt)
-            assert (loss >= 0).all()
-            assert _rel_err(loss, limit) < max(tol, 1e3 * gap), (beta, _rel_err(loss, limit))
+            err = _rel_err(loss.detach(), limit.detach())
+            assert (loss >= 0).all() and err < max(tol, 1e3 * gap), (beta, err)
             g, g_limit = (torch.autograd.grad(v.sum(), x, retain_graph=True)[0] for v in (loss, limit))
             assert (g - g_limit).abs().max() < max(tol, 1e3 * gap) * g_limit.abs().max(), beta
 
