@@ -33,7 +33,9 @@ def _launch(mode: str, overrides: list[str], nproc: int, *extra: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "opdkit.cli", mode, *extra, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    # 40 s on an idle 2-core machine; a loaded one (load 10 seen) took over 180 s to finish the
+    # final checkpoint and eval after the last step, which read as a hang. 600 s still catches one.
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 

@@ -1,7 +1,6 @@
 """Bad input to the engine: each case gets a message that names the input and the fix."""
 from __future__ import annotations
 
-import errno
 import json
 
 import pytest
@@ -27,7 +26,8 @@ def _write(path, lines):
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     f = _write(tmp_path / "d.jsonl", ['{"prompt": "ok"}', '{"prompt": "broken"', '{"prompt": "ok"}'])
-    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid JSON"):
+    # the column is on line 2 itself (json.loads of the raw line used to say "column 1" of a line 3)
+    with pytest.raises(DataError, match=r"d\.jsonl:2:20: not valid JSON \(Expecting ',' delimiter at column 20\)"):
         load_jsonl(f)
 
 
@@ -163,23 +163,3 @@ def test_nonfinite_loss_skips_steps_logs_and_stops(tiny_dir, tmp_path, nan_teach
     after = load_file(str(checkpoint.latest(tmp_path / "r") / "student.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in after), "a skipped step changed the weights"
     assert saved["step"] == 2
-
-
-def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_dir, tmp_path, monkeypatch):
-    cfg = load_config("sft", overrides=engine_overrides(tiny_dir, tmp_path / "r", **{"optim.steps": 3}))
-    real_save = torch.save
-    calls = {"n": 0}
-
-    def full_disk(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *a, **k)
-
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(checkpoint.CheckpointError, match=r"No space left.*step_00000001\) is intact"):
-        run(cfg)
-    root = tmp_path / "r" / "checkpoints"
-    assert [p.name for p in root.iterdir()] == ["step_00000001"]      # no half-written directory
-    state = checkpoint.load(root / "step_00000001", {"student": load_model(str(tiny_dir / "student"))})
-    assert state["step"] == 1

@@ -1,10 +1,13 @@
 """Expected gradients by exact enumeration over a small vocabulary (no sampling noise)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from opdkit.objectives import make_objective
 from opdkit.scores import ObjectiveInputs, TeacherScores
+
+pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kernel path too
 
 V = 7
 

@@ -181,7 +181,7 @@ def test_a_rules_switch_objective_is_checked_when_the_config_loads(tiny_dir, tmp
     with pytest.raises(ConfigError, match="served teacher returns only its top-k"):
         load({"action": "rollback", "switch_objective": "rkl"}, **{
             "teacher.url": "http://x/v1", "objective.name": "sampled_rkl"})
-    with pytest.raises(ConfigError, match="guard.rules: guard rule 'late': action must be one of"):
+    with pytest.raises(ConfigError, match="guard: guard rule 'late': action must be one of"):
         load({"action": "explode"})
     assert load({"action": "rollback", "switch_objective": "topk_rkl_sg"}).guard.rules     # a valid rule loads
 

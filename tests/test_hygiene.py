@@ -27,10 +27,11 @@ LAYER_OF = {
     "errors": "errors",
     **dict.fromkeys(("scores", "objectives", "topk", "logprobs", "reduction"), "objectives"),
     **dict.fromkeys(("data", "rewards", "tasks"), "tasks"),
-    **dict.fromkeys(("models", "rollout", "forward", "teachers", "served", "vllm_sampler", "checkpoint"), "models"),
+    **dict.fromkeys(("models", "rollout", "forward", "teachers", "served", "vllm_sampler", "checkpoint", "integrity"),
+                    "models"),
     **dict.fromkeys(("distributed", "memory", "profile", "scaling"), "scale"),
     **dict.fromkeys(("config", "guard", "diagnostics", "session", "train", "optim", "runstate", "run_checkpoint",
-                     "runner", "evaluate", "metrics", "export"), "engine"),
+                     "runner", "evaluate", "metrics", "export", "rundir", "divergence", "precheck", "config_checks"), "engine"),
     **dict.fromkeys(("probes", "report", "plots"), "analysis"),
     **dict.fromkeys(("recipe", "schedules"), "recipes"),
     "cli": "cli",
@@ -118,6 +119,6 @@ def test_no_lower_layer_imports_a_higher_one(path):
 def test_the_checks_can_fail(tmp_path):
     """The layer check sees a violation when there is one (a check that cannot fail is a defect)."""
     fake = tmp_path / "bad.py"
-    fake.write_text("from opdkit.runner import run\nimport transformers\n")
-    assert project_imports(fake) == ["runner"] and layer_of("runner") == "engine"
+    fake.write_text("from opdkit.engine.runner import run\nimport transformers\n")
+    assert project_imports(fake) == ["engine.runner"] and layer_of("engine.runner") == "engine"
     assert third_party_imports(fake) == {"transformers"}

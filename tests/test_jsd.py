@@ -7,6 +7,8 @@ import torch
 from opdkit.objectives import make_objective
 from opdkit.scores import ObjectiveInputs, TeacherScores
 
+pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kernel path too
+
 
 def _pair(seed=0, shape=(4, 6, 30), dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -45,6 +47,22 @@ def test_normalised_family_is_continuous_at_both_ends():
     torch.testing.assert_close(_loss("jsd_norm", z, zt, beta=0.0), _loss("fkl", z, zt))
     torch.testing.assert_close(_loss("jsd_norm", z, zt, beta=1.0), _loss("rkl", z, zt))
     torch.testing.assert_close(_loss("jsd_norm", z, zt, beta=0.3), _loss("jsd", z, zt, beta=0.3) / (0.3 * 0.7))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_normalised_family_is_accurate_arbitrarily_close_to_the_ends(dtype, tol):
+    """Found by the hypothesis property test: at beta = 5e-16 the plain KL(p||m)/beta divided
+    rounding error by beta and returned -0.06. Values and gradients must approach FKL and RKL."""
+    z, zt = _pair(3, dtype=dtype)
+    for end, name in ((0.0, "fkl"), (1.0, "rkl")):
+        for gap in (1e-9, 1e-12, 1e-15):       # the exact gap to the limit is O(gap), here < 1e3 gap
+            beta = gap if end == 0.0 else 1.0 - gap
+            x = z.clone().requires_grad_()
+            loss, limit = _loss("jsd_norm", x, zt, beta=beta), _loss(name, x, zt)
+            err = _rel_err(loss.detach(), limit.detach())
+            assert (loss >= 0).all() and err < max(tol, 1e3 * gap), (beta, err)
+            g, g_limit = (torch.autograd.grad(v.sum(), x, retain_graph=True)[0] for v in (loss, limit))
+            assert (g - g_limit).abs().max() < max(tol, 1e3 * gap) * g_limit.abs().max(), beta
 
 
 def test_kl_mix_endpoints_and_linearity():

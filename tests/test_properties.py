@@ -1,12 +1,15 @@
 """Properties over random shapes and logits (hypothesis): non-negativity, identity, invariances."""
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opdkit.objectives import make_objective
 from opdkit.scores import ObjectiveInputs, TeacherScores
+
+pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kernel path too
 
 DIVERGENCES = ["rkl", "fkl", "jsd", "jsd_norm", "kl_mix", "topk_rkl_renorm", "topk_rkl_tail"]
 

@@ -14,6 +14,7 @@ from conftest import engine_overrides
 
 from opdkit import cli
 from opdkit.config import load_config
+from opdkit.errors import RunDirError
 from opdkit.report import build_report
 from opdkit.runner import run
 
@@ -45,7 +46,7 @@ def test_report_is_self_contained_and_has_every_section(two_runs, tmp_path):
 
 def test_report_command_and_bad_run_dir(two_runs, tmp_path, capsys):
     assert cli.main(["report", *map(str, two_runs), "--out", str(tmp_path / "r.html")]) == 0
-    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+    with pytest.raises(RunDirError, match="no metrics.jsonl"):
         build_report([tmp_path], tmp_path / "x.html")
 
 

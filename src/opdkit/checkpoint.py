@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from opdkit.errors import CheckpointError
+from opdkit.errors import CheckpointError, no_room
+from opdkit.integrity import safetensors_problem
 
 PREFIX = "step_"
 
@@ -83,7 +84,8 @@ def save(run_dir: Path, step: int, modules: dict, state: dict, keep: int = 2) ->
         tmp.mkdir()
         for name, module in modules.items():
             _save_module(module, tmp / f"{name}.safetensors")
-        torch.save(state, tmp / "state.pt")
+        with open(tmp / "state.pt", "wb") as fh:     # a Python file: the OSError (ENOSPC, EFBIG) stays attached
+            torch.save(state, fh)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -91,11 +93,17 @@ def save(run_dir: Path, step: int, modules: dict, state: dict, keep: int = 2) ->
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)   # never leave a half-written .tmp-step_* behind
+        # torch.save reports a full disk as RuntimeError("unexpected pos ..."), safetensors as
+        # SafetensorError("... No space left ..."): only the chained OSError or the words say why
+        room = no_room(e)
+        if room is None and not isinstance(e, OSError):
+            raise
         previous = latest(run_dir)
-        kept = f"the previous checkpoint ({previous.name}) is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write checkpoint step {step} in {root}: {e}. Nothing was half-written; "
+        kept = f"the newest intact checkpoint is {previous}" if previous else "no earlier checkpoint exists"
+        cause = room or " ".join(str(e).split())
+        raise CheckpointError(f"could not write checkpoint step {step} in {root}: {cause}. Nothing was half-written; "
                               f"{kept}. Free space and rerun with --resume.") from e
     prune(root, keep)
     return final
@@ -122,14 +130,47 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose files are truncated or corrupt (a kill or a disk fault after the rename)."""
+
+
+def read_state(path: Path) -> dict:
+    import pickle
+    try:
+        return torch.load(Path(path) / "state.pt", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+        raise DamagedCheckpoint(f"{Path(path) / 'state.pt'} is damaged ({' '.join(str(e).split())[:160]})") from None
+
+
 def load(path: Path, modules: dict) -> dict:
-    """Load weights into `modules` in place; return the state dict."""
-    for name, module in modules.items():
-        f = Path(path) / f"{name}.safetensors"
+    """Load weights into `modules` in place; return the state dict. Damage raises DamagedCheckpoint
+    before any module is touched."""
+    state = read_state(path)
+    files = {name: Path(path) / f"{name}.safetensors" for name in modules}
+    for name, f in files.items():
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} has no {f.name}; it was written by a different configuration")
-        _load_module(module, f)
-    return torch.load(Path(path) / "state.pt", weights_only=False)
+        problem = safetensors_problem(f)
+        if problem:
+            raise DamagedCheckpoint(f"{f} is damaged: {problem}")
+    for name, module in modules.items():
+        _load_module(module, files[name])
+    return state
+
+
+def load_newest_intact(run_dir: Path, load_fn, warn=print) -> tuple[Path | None, dict | None]:
+    """(path, state) of the newest checkpoint that `load_fn(path)` loads; damaged newer ones are
+    renamed to `damaged-step_*` (kept for inspection, out of resume and pruning) with a warning."""
+    for path in reversed(completed(run_dir)):
+        try:
+            return path, load_fn(path)
+        except DamagedCheckpoint as e:
+            aside = path.with_name(f"damaged-{path.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):      # another rank moved it first
+                os.rename(path, aside)
+            warn(f"skipped damaged checkpoint {path.name} ({e}); moved it to {aside.name}")
+    return None, None
 
 
 def rng_state() -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from opdkit import checkpoint
 from opdkit.config import field_docs, load_config
-from opdkit.errors import USER_ERRORS, ConfigError
+from opdkit.errors import USER_ERRORS, ConfigError, Interrupted, UsageError, no_room
 from opdkit.evaluate import evaluate_session, identity_self_test, sample_answers
 from opdkit.export import export_run
 from opdkit.lab import fixed_points, reproduce, sweep
@@ -46,6 +46,13 @@ def _objectives(args: argparse.Namespace) -> int:
 
 
 def _lab_fixed_points(args: argparse.Namespace) -> int:
+    for flag, value in (("--positions", args.positions), ("--vocab", args.vocab), ("--k", args.k), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.k >= args.vocab:
+        raise UsageError(f"--k {args.k} must be smaller than --vocab {args.vocab} (the top-K needs a tail)")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
     rows = fixed_points.run(args.out, positions=args.positions, vocab=args.vocab, k=args.k,
                             steps=args.steps, lr=args.lr, seed=args.seed)
     print(fixed_points.format_table(rows))
@@ -154,6 +161,12 @@ def _lab_sweep(args: argparse.Namespace) -> int:
 
 
 def _lab_reproduce(args: argparse.Namespace) -> int:
+    try:
+        reproduce.select(args.only)
+    except ValueError as e:
+        raise UsageError(f"--only: {e}") from None
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
     rows = reproduce.reproduce(args.out, quick=args.quick, only=args.only, seeds=args.seeds)
     print(reproduce.format_table(rows))
     print(f"\nwrote {args.out / 'claims.json'} and {args.out / 'report.html'}")
@@ -286,8 +299,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as e:
-        print(f"opdkit: error: {e}", file=sys.stderr)
+        print(f"opdkit: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as e:       # 130: the shell's code for a run ended by SIGINT
+        print(f"opdkit: {one_line(e) or 'interrupted'}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if no_room(e) is None:
+            raise
+        print(f"opdkit: error: {no_room(e)} while writing {e.filename or 'a file'}; free space "
+              f"(or raise the limit) and rerun (training: add --resume)", file=sys.stderr)
+        return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message on one line: a multi-line message (the pair preflight's list) joined with '; '."""
+    parts = [part.strip() for part in str(e).splitlines() if part.strip()]
+    return "; ".join(part[2:] if part.startswith("- ") else part for part in parts)
 
 
 if __name__ == "__main__":

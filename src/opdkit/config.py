@@ -18,9 +18,8 @@ from typing import Any, get_origin, get_type_hints
 import yaml
 
 from opdkit.checkpoint import atomic_write_text
+from opdkit.config_checks import validate
 from opdkit.errors import ConfigError
-from opdkit.guard import Guard
-from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
 
 MODES = ("sft", "distill", "self-distill", "grpo")
 # Top-K RKL with a tail bucket: sound (p = q on K and on the tail), works with served
@@ -124,6 +123,8 @@ class RunConfig:
     save_every: int = doc("checkpoint every n steps (and at the end)", 50)
     keep_checkpoints: int = doc("completed checkpoints kept on disk", 2)
     max_bad_steps: int = doc("stop after this many non-finite steps in a row (each is skipped)", 3)
+    max_weight_growth: float = doc("stop, unsaved, when one step makes the weights non-finite or multiplies their "
+                                   "L2 norm by more than this (divergence; 0: only non-finite)", 2.0)
     eval_every: int = doc("evaluate on data.eval every n steps (0: off)", 0)
     eval_limit: int = doc("prompts used by in-run evaluation", 32)
     check: str = doc("rule check for eval: 'contains:TEXT', 'regex:PATTERN', 'spanish' ('' = none)", "")
@@ -226,12 +227,47 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     raise ConfigError(f"{key} must be a {getattr(origin, '__name__', origin)}, got {value!r}")
 
 
+def closest_key(key: str, keys: list[str]) -> str | None:
+    """The valid key a user most likely meant: by its leaf name first, then by the whole key.
+
+    A leaf spelled out where opdkit abbreviates (optim.learning_rate -> optim.lr) is matched
+    by its initials; a misspelt leaf by similarity within its own section, then anywhere.
+    """
+    section, _, leaf = key.rpartition(".")
+    initials = "".join(word[0] for word in leaf.split("_") if word)
+    same_section = [k for k in keys if k.rpartition(".")[0] == section]
+    for pool in (same_section, keys):
+        by_leaf = {k.rpartition(".")[2]: k for k in pool}
+        if len(initials) > 1 and initials in by_leaf:
+            return by_leaf[initials]
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+        if close:
+            return by_leaf[close[0]]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents; a syntax error names the file, line and column."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8; "
+                          f"save the file as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: YAML syntax error ({problem}); fix the file there "
+                          f"(sections are `name:` with indented `key: value` lines)") from None
+
+
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set a dotted key, refusing unknown keys (with the closest valid one) and bad values."""
     keys = all_keys()
     if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest_key(key, list(keys))
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ConfigError(f"unknown config key {key!r}.{hint} `opdkit config` lists every key.")
     value = _coerce(key, value, keys[key])
     if key in CHOICES and value not in CHOICES[key]:
@@ -275,10 +311,11 @@ def load_config(mode: str, path: str | Path | None = None, overrides: list[str] 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...) at the top")
         tree.pop("mode", None)  # the command decides the mode
+        tree.pop(HISTORY, None)  # a run's config.yaml used as --config: its resume history is not a setting
         for key, value in _flatten(tree).items():
             set_key(cfg, key, value)
     for text in overrides:
@@ -287,92 +324,24 @@ def load_config(mode: str, path: str | Path | None = None, overrides: list[str] 
     return cfg
 
 
-def validate(cfg: Config, need_train: bool = True) -> None:
-    """Cross-field checks, each naming the keys involved."""
-    if not cfg.model.student:
-        raise ConfigError("model.student is required (a local HF directory or a .gguf file)")
-    if cfg.mode == "distill" and not cfg.model.teacher:
-        raise ConfigError("`distill` needs model.teacher; for a self-teacher with PI use `opdkit self-distill`")
-    if cfg.mode == "self-distill" and not (cfg.data.pi or cfg.data.pi_field):
-        raise ConfigError("`self-distill` needs privileged information: data.pi or a data.pi_field in the data")
-    if cfg.mode == "grpo" and cfg.rollout.samples_per_prompt < 2:
-        raise ConfigError("grpo needs rollout.samples_per_prompt >= 2 (group-relative advantages)")
-    if need_train and not cfg.data.train:
-        raise ConfigError("data.train is required (a JSONL file of prompts)")
-    for key in ("optim.steps", "optim.prompts_per_step", "optim.micro_batch", "rollout.max_new_tokens",
-                "run.save_every", "run.keep_checkpoints", "run.max_bad_steps", "data.max_prompt_tokens"):
-        section, leaf = key.split(".")
-        if getattr(getattr(cfg, section), leaf) < 1:
-            raise ConfigError(f"{key} must be at least 1")
-    if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
-        raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
-    for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
-        section, leaf = key.split(".")
-        if getattr(getattr(cfg, section), leaf) < 0:
-            raise ConfigError(f"{key} must be 0 (automatic) or positive")
-    if not 0.0 < cfg.rollout.top_p <= 1.0:
-        raise ConfigError(f"rollout.top_p must lie in (0, 1], got {cfg.rollout.top_p}")
-    if cfg.rollout.temperature <= 0:
-        raise ConfigError("rollout.temperature must be positive (greedy decoding is for eval only)")
-    provides = TOP_K if cfg.teacher.url else FULL
-    if cfg.objective_name in OBJECTIVES:          # unknown names: make_objective says which is closest
-        problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
-        if problem:
-            raise ConfigError(problem)
-    if cfg.guard.enabled:
-        validate_guard(cfg, provides)
-
-
-def validate_guard(cfg: Config, provides: str) -> None:
-    """Guard rules as they will run, and each rule's switch_objective, checked before anything loads.
-
-    A rule the user wrote must switch to an objective that exists, takes the configured options
-    it keeps, needs a teacher exactly when the run's objective does, and works with the teacher
-    (a served teacher has only its top-k). Default rules are checked by name (their remedy,
-    topk_rkl_tail, fires only for top-K objectives).
-    """
-    g = cfg.guard
-    try:
-        guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable)
-    except ValueError as e:
-        raise ConfigError(f"guard.rules: {e}") from None
-    written = {spec.get("name") for spec in g.rules if isinstance(spec, dict)}
-    for rule in guard.rules:
-        target = rule.switch_objective
-        if not target:
-            continue
-        where = f"guard rule {rule.name!r}: switch_objective {target!r}"
-        if target not in OBJECTIVES:
-            close = difflib.get_close_matches(target, OBJECTIVES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where} is not an objective.{hint} `opdkit objectives` lists them")
-        if rule.name not in written:
-            continue
-        if needs_teacher(target) != needs_teacher(cfg.objective_name):
-            raise ConfigError(f"{where}: a rule can switch only between objectives that use the same teacher; "
-                              f"the run's {cfg.objective_name!r} and {target!r} differ")
-        options = {k: v for k, v in cfg.objective.options.items() if k in accepted_options(target)}
-        try:
-            make_objective(target, **options)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        problem = teacher_mismatch(target, options, provides)
-        if problem:
-            raise ConfigError(f"{where}: {problem}")
-
-
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+HISTORY = "changes"    # config.yaml: the settings changed on --resume, oldest first ({step, key, old, new})
+
+
+def save_config(cfg: Config, path: Path, history: list[dict] = ()) -> None:
+    tree = to_dict(cfg)
+    if history:
+        tree[HISTORY] = list(history)
+    atomic_write_text(path, yaml.safe_dump(tree, sort_keys=False))
 
 
 def config_from_dict(tree: dict) -> Config:
     cfg = Config()
     mode = tree.get("mode", "distill")
     set_key(cfg, "mode", mode)
-    for key, value in _flatten({k: v for k, v in tree.items() if k != "mode"}).items():
+    for key, value in _flatten({k: v for k, v in tree.items() if k not in ("mode", HISTORY)}).items():
         set_key(cfg, key, value)
     return cfg

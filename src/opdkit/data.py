@@ -36,8 +36,9 @@ def load_jsonl(path: str | Path, prompt_field: str = "prompt", pi_field: str = "
         raise DataError(f"dataset {path} does not exist (set data.train / data.eval to a JSONL file)")
     names = {"prompt": prompt_field, "pi": pi_field, "answer": answer_field, "response": response_field}
     examples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = _decode(path, lineno, raw[3:] if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else raw)
             if not line.strip():
                 continue
             examples.append(_parse_line(path, lineno, line, names, require))
@@ -47,11 +48,20 @@ def load_jsonl(path: str | Path, prompt_field: str = "prompt", pi_field: str = "
     return examples
 
 
+def _decode(path: Path, lineno: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
+                        f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _parse_line(path: Path, lineno: int, line: str, names: dict, require: tuple[str, ...]) -> Example:
+    line = line.rstrip("\r\n")      # else an unterminated object is reported at "line 2 column 1"
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); "
+        raise DataError(f"{path}:{lineno}:{e.pos + 1}: not valid JSON ({e.msg} at column {e.pos + 1}); "
                         f"fix or delete the line") from None
     if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from opdkit import checkpoint
-from opdkit.config import config_from_dict
+from opdkit.config import config_from_dict, read_yaml
 from opdkit.models import load_model, load_tokenizer
 from opdkit.session import _lora
 
@@ -25,7 +23,7 @@ def export_run(run_dir: str | Path, out: str | Path, step_dir: str | Path | None
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise checkpoint.CheckpointError(f"{run_dir} has no config.yaml: is it an opdkit run directory?")
-    cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()))
+    cfg = config_from_dict(read_yaml(cfg_path) or {})
     path = Path(step_dir) if step_dir else checkpoint.latest(run_dir)
     if path is None:
         raise checkpoint.CheckpointError(f"{run_dir} holds no complete checkpoint")

@@ -55,6 +55,24 @@ class Rule:
             raise ValueError(f"guard rule {self.name!r}: window and patience must be at least 1")
 
 
+def _rule_from_spec(spec) -> Rule:
+    """A Rule from a config mapping; unknown or missing keys are named (with the closest valid key)."""
+    import difflib
+    from dataclasses import fields
+    names = [f.name for f in fields(Rule)]
+    if not isinstance(spec, dict):
+        raise ValueError(f"guard rule {spec!r} must be a mapping with name, metric and a bound")
+    for key in spec:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"guard rule {spec.get('name', spec)!r} has no key {key!r}{hint} keys: {names}")
+    missing = [k for k in ("name", "metric") if k not in spec]
+    if missing:
+        raise ValueError(f"guard rule {spec} needs {' and '.join(missing)}")
+    return Rule(**spec)
+
+
 DEFAULT_RULES = [
     Rule("topk_mass_drain", "diag/p_k", below_rel=0.85, window=3, patience=3, action="rollback",
          lr_factor=0.5, switch_objective="topk_rkl_tail", retire_when_switched=True,
@@ -113,10 +131,7 @@ class Guard:
             raise ValueError(f"guard.disable names unknown rules {sorted(unknown)}; "
                              f"defaults: {[r.name for r in DEFAULT_RULES]}")
         for spec in rules:
-            try:
-                rule = Rule(**spec)
-            except TypeError as e:
-                raise ValueError(f"guard rule {spec}: {e}") from None
+            rule = _rule_from_spec(spec)
             chosen[rule.name] = rule
         return cls(list(chosen.values()), baseline_steps)
 

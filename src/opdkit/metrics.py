@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from opdkit.checkpoint import atomic_write_text
+from opdkit.errors import RunDirError
 
 
 def _clean(value):
@@ -23,6 +24,15 @@ class MetricLog:
     def __init__(self, run_dir: Path, trackers: list[str] = ()):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.events = Path(run_dir) / "events.jsonl"
+        # a kill mid-write leaves an unterminated line that the next row would join: cut every
+        # file's tail first, then record what was cut (the record itself goes to events.jsonl)
+        names = (self.path.name, self.events.name, "samples.jsonl", "abandoned.jsonl")
+        dropped = {name: repair_tail(Path(run_dir) / name) for name in names}
+        for name, text in dropped.items():
+            if text:
+                warn(f"{Path(run_dir) / name}: dropped a torn last line ({len(text)} bytes, a write cut short: "
+                     f"{text[:60]!r})")
+                self.event(0, "torn_line_dropped", file=name, text=text[:200])
         self.trackers = [t for t in (_open_tracker(name, run_dir) for name in trackers) if t is not None]
 
     def log(self, step: int, values: dict) -> None:
@@ -46,7 +56,7 @@ class MetricLog:
         if not self.path.is_file():
             return
         lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        later = [line for line in lines if json.loads(line)["step"] > step]
+        later = [line for line, row in zip(lines, parse_rows(self.path, lines)) if row["step"] > step]
         with (self.path.parent / name).open("a") as fh:
             fh.writelines(line + "\n" for line in later)
         self.truncate_after(step)
@@ -54,12 +64,57 @@ class MetricLog:
     def truncate_after(self, step: int) -> None:
         for path in (self.path, self.path.parent / "samples.jsonl"):
             if path.is_file():
-                keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+                lines = [line for line in path.read_text().splitlines() if line.strip()]
+                keep = [line for line, row in zip(lines, parse_rows(path, lines)) if row is not None and row["step"] <= step]
                 atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
+def warn(text: str) -> None:
+    import sys
+    print(f"opdkit: warning: {text}", file=sys.stderr)
+
+
+def repair_tail(path: Path) -> str:
+    """Cut an unterminated last line (a write cut short by a kill) off `path`; returns what was cut."""
+    if not path.is_file():
+        return ""
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return ""
+    cut = data.rfind(b"\n") + 1
+    atomic_write_text(path, data[:cut].decode("utf-8", errors="replace"))
+    return data[cut:].decode("utf-8", errors="replace")
+
+
+def parse_rows(path: Path, lines: list[str]) -> list[dict | None]:
+    """json rows; a torn last line becomes None (with a warning); a bad line elsewhere is an error."""
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines):
+                raise RunDirError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.pos + 1}); "
+                                  f"delete or repair that line") from None
+            warn(f"{path}: ignoring a torn last line (a write cut short): {line[:60]!r}")
+            rows.append(None)
+    return rows
+
+
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a jsonl log; a torn last line (killed mid-write) is dropped with a warning."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return [row for row in parse_rows(Path(path), lines) if row is not None]
+
+
+def require_run(run_dir: Path) -> None:
+    """Refuse a path that is not an opdkit run directory (plot, report)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is not a directory; give a run directory (the run.out of a training run)")
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run_dir} has no metrics.jsonl, so it is not an opdkit run directory (or its run "
+                          f"has not finished a step yet); give the run.out of a training run")
 
 
 def _open_tracker(name: str, run_dir: Path):

@@ -20,6 +20,7 @@ import torch
 
 from opdkit.data import messages, render
 from opdkit.errors import ModelError
+from opdkit.integrity import weights_problem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,9 +49,21 @@ def resolve(path: str) -> tuple[Path, str | None]:
                      f"point at the checkpoint directory or at one .gguf file")
 
 
+def check_weights(directory: Path, gguf: str | None) -> None:
+    """Refuse a truncated or corrupt weights file by name, before transformers reads it."""
+    files = [directory / gguf] if gguf else sorted(directory.glob("*.safetensors"))
+    for f in files:
+        problem = weights_problem(f)
+        if problem:
+            raise ModelError(f"model file {f} is damaged or truncated: {problem}; "
+                             f"download or export it again")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     directory, gguf = resolve(path)
+    if gguf:
+        check_weights(directory, gguf)       # the tokenizer is read from the same GGUF file
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(directory)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token    # only pads right-padded tails, which are masked
@@ -61,6 +74,7 @@ def load_model(path: str, dtype: str = "float32", keep_every: int = 0):
     """An AutoModelForCausalLM in eval mode (no dropout: rollouts and scoring must agree)."""
     from transformers import AutoModelForCausalLM
     directory, gguf = resolve(path)
+    check_weights(directory, gguf)
     kwargs = {"dtype": DTYPES[dtype]}
     if gguf:
         kwargs["gguf_file"] = gguf

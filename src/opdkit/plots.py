@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opdkit.metrics import read_metrics
+from opdkit.errors import RunDirError
+from opdkit.metrics import read_metrics, require_run
 
 PANELS = [
     ("train/loss", "training loss (step token mean)"),
@@ -24,10 +25,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
+    require_run(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
     panels = [(key, title) for key, title in PANELS if any(key in r for r in rows)]
     if not panels:
-        raise ValueError(f"{run_dir / 'metrics.jsonl'} has none of the plotted metrics")
+        raise RunDirError(f"{run_dir / 'metrics.jsonl'} has none of the plotted metrics")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]

@@ -27,10 +27,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import yaml
-
 from opdkit.checkpoint import atomic_write_text
-from opdkit.config import MODES, Config, _flatten, set_key, validate
+from opdkit.config import MODES, Config, _flatten, read_yaml, set_key, validate
 from opdkit.errors import ConfigError
 from opdkit.evaluate import eval_items, evaluate_session
 from opdkit.export import export_run
@@ -74,7 +72,7 @@ def load_recipe(path: str | Path, out: str | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist")
-    tree = yaml.safe_load(path.read_text()) or {}
+    tree = read_yaml(path) or {}
     if not isinstance(tree, dict) or not isinstance(tree.get("stages"), list) or not tree["stages"]:
         raise ConfigError(f"{path}: a recipe is a mapping with `stages:` (a non-empty list) and optional `out:`, `base:`")
     unknown = sorted(set(tree) - {"out", "base", "stages"})

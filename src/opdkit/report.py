@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from opdkit.diagnostics import HEDGE_WORDS
-from opdkit.metrics import read_metrics
+from opdkit.metrics import read_metrics, require_run
 
 CURVES = [
     ("train/loss", "training loss"), ("rollout/accuracy", "sampled accuracy"), ("eval/accuracy", "held-out accuracy"),
@@ -51,8 +51,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 class RunData:
     def __init__(self, run_dir: Path):
         self.dir, self.name = run_dir, run_dir.name
-        if not (run_dir / "metrics.jsonl").is_file():
-            raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it an opdkit run directory?")
+        require_run(run_dir)
         self.rows = read_metrics(run_dir / "metrics.jsonl")
         self.events = _read_jsonl(run_dir / "events.jsonl")
         self.samples = _read_jsonl(run_dir / "samples.jsonl")

@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from opdkit import checkpoint, distributed
-from opdkit.config import Config, config_from_dict, to_dict
+from opdkit import checkpoint, distributed, rundir
+from opdkit.config import HISTORY, Config, config_from_dict, read_yaml, to_dict
 from opdkit.errors import TrainingError
 from opdkit.guard import Guard
 from opdkit.runstate import RunState
@@ -67,17 +65,24 @@ def resumed_changes(saved: dict) -> tuple[int, float, str]:
     return saved.get("rollbacks", 0), changes.get("lr_scale", 1.0), changes.get("objective", "")
 
 
-def check_resume_config(cfg: Config, run_dir: Path) -> None:
-    """Refuse --resume when the config differs from the run's saved one in anything but
-    the run's length and how it is spread over processes."""
+def check_resume_config(cfg: Config, run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(history kept in config.yaml, changes this resume makes: optim.lr only, see opdkit.rundir).
+
+    Refuses --resume when the config differs from the run's saved one in anything else but the
+    run's length and how it is spread over processes.
+    """
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        return
-    old = to_dict(config_from_dict(yaml.safe_load(saved.read_text())))
+        return [], []
+    tree = read_yaml(saved) or {}
+    history = list(tree.get(HISTORY) or [])
+    old = to_dict(config_from_dict(tree))
     new = to_dict(cfg)
+    changes = rundir.resume_changes(old, new, step=-1)      # the step is filled in once resumed
     for section, key in (("optim", "steps"), ("run", "parallel"), ("run", "progress"), ("run", "profile")):
         old[section][key] = new[section][key]
     if old != new:
         diff = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) for k in new[sec] if old[sec].get(k) != new[sec][k]]
         raise TrainingError(f"--resume with a different config than {saved}: {diff or ['mode']} changed; "
                             f"start a new run directory or restore the original values")
+    return history, changes

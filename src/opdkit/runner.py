@@ -14,18 +14,21 @@ A recipe stage's control (`opdkit.schedules.StageControl`) is asked after every 
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from opdkit import checkpoint, distributed
+from opdkit import checkpoint, distributed, rundir
 from opdkit.config import Config, save_config
-from opdkit.errors import TrainingError
+from opdkit.divergence import WeightWatch
+from opdkit.errors import Interrupted, TrainingError
 from opdkit.evaluate import evaluate_session, gap_recovery, identity_self_test
 from opdkit.guard import Alarm, Guard, describe_alarm, most_severe, plan_rollback
-from opdkit.metrics import MetricLog, read_metrics
+from opdkit.metrics import MetricLog, read_metrics, warn
 from opdkit.optim import make_optimizer, set_peak_lr
 from opdkit.profile import PhaseTimer, breakdown, format_breakdown
 from opdkit.run_checkpoint import Trainables, check_resume_config, load_weights_and_position, resumed_changes, save_run
@@ -54,13 +57,14 @@ class LoopSettings:
     progress: bool
     profile: bool
     objective_options: dict
+    max_weight_growth: float
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LoopSettings":
         r = cfg.run
         return cls(cfg.mode, cfg.optim.steps, r.save_every, r.keep_checkpoints, r.eval_every if cfg.data.eval else 0,
                    r.sample_every, r.max_bad_steps, cfg.guard.max_rollbacks, r.seed, r.progress, r.profile,
-                   dict(cfg.objective.options))
+                   dict(cfg.objective.options), r.max_weight_growth)
 
 
 class Runner:
@@ -76,6 +80,7 @@ class Runner:
         self.state = initial_state(cfg)
         if guard is not None:
             guard.retire_fixed_by(self.state.objective_name)
+        self.watch = WeightWatch(self.loop_settings.max_weight_growth)
         self.rows: list[dict] = []
 
     @property
@@ -92,13 +97,20 @@ class Runner:
         self.log.event(self.step, "checkpoint", path=str(path))
         return path
 
+    def load(self, path: Path) -> dict:
+        """Weights, optimizer, scheduler, RNG, data position and counters from `path` (resume, rollback)."""
+        saved = load_weights_and_position(self.parts, self.state, path)
+        self.watch.forget()
+        return saved
+
     def resume(self) -> None:
-        path = checkpoint.latest(self.run_dir)
+        path, saved = checkpoint.load_newest_intact(self.run_dir, self.load, self.warn)
         if path is None:
             self.log.truncate_after(-1)        # an attempt that died before its first checkpoint left rows
             return
-        saved = load_weights_and_position(self.parts, self.state, path)
         self.state.rollbacks, self.state.lr_scale, objective = resumed_changes(saved)
+        if self.parts.scheduler.base_lrs[0] != self.settings.optim.lr * self.state.lr_scale:   # optim.lr changed
+            set_peak_lr(self.parts.optimizer, self.parts.scheduler, self.settings.optim, self.state.lr_scale)
         if objective:
             self.switch_objective(objective)
         if self.guard is not None and saved.get("guard"):
@@ -152,8 +164,11 @@ class Runner:
     def one_step(self) -> None:
         c, p = self.loop_settings, self.parts
         timer = PhaseTimer(sync=c.profile)
+        self.watch.before_step(self.s.student)
         outcome = train_step(self.s, self.settings, self.state, p.stream, p.optimizer, p.scheduler, timer)
         self.state.step += 1
+        if outcome.finite:            # a diverged step raises here: nothing of it is logged or saved
+            self.watch.after_step(self.s.student, self.step, outcome.metrics["train/lr"], checkpoint.latest(self.run_dir))
         self.state.bad_streak = 0 if outcome.finite else self.state.bad_streak + 1
         metrics = {**outcome.metrics, "data/skipped_prompts": self.s.skipped_prompts}
         if c.eval_every and self.step % c.eval_every == 0:
@@ -183,6 +198,10 @@ class Runner:
                           "time/step_s": metrics["time/step_s"] + timer.seconds["logging"]})
         self.bar.n = self.step
         self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", len=f"{metrics['rollout/length_mean']:.1f}")
+
+    def warn(self, text: str) -> None:
+        warn(text)
+        self.log.event(self.step, "warning", text=text)
 
     def logged_rows(self) -> list[dict]:
         """Every metrics row this run directory holds (the stage control's criteria read them)."""
@@ -234,7 +253,7 @@ class Runner:
         if plan.stop_reason:
             return self.stop(alarm, plan.stop_reason)
         failed_at = self.step
-        load_weights_and_position(self.parts, self.state, done[plan.to_step])
+        self.load(done[plan.to_step])
         self.state.rollbacks += 1
         self.log.move_after(self.step, "abandoned.jsonl")
         if plan.lr_scale != self.state.lr_scale:
@@ -253,21 +272,37 @@ class Runner:
 def run(cfg: Config, resume: bool = False, session: Session | None = None, control=None) -> list[dict]:
     """Train; returns the metrics rows logged by this call. `control`: see `opdkit.schedules.StageControl`."""
     run_dir = Path(cfg.run.out)
-    if not resume and checkpoint.latest(run_dir) is not None:
-        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
     if resume:
-        check_resume_config(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    s = session or build_session(cfg)
-    distributed.setup(s, cfg.run.parallel)
-    if s.dist.main:
-        save_config(cfg, run_dir / "config.yaml")
-    runner = Runner(s, run_dir, control)
-    if resume:
-        runner.resume()
-    try:
-        if runner.step == 0:
-            runner.start()
-        return runner.loop()
-    finally:
-        distributed.teardown()
+        rundir.require_resumable(run_dir)
+    # one owner per run directory, taken first: a second run learns that before anything else
+    with rundir.RunLock(run_dir, enabled=os.environ.get("RANK", "0") == "0"):
+        if not resume and checkpoint.latest(run_dir) is not None:
+            raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new run.out")
+        history, changes = check_resume_config(cfg, run_dir) if resume else ([], [])
+        done = rundir.finished_step(run_dir, cfg.optim.steps) if resume else None
+        if done is not None:
+            print(f"opdkit: {run_dir} already finished: its newest checkpoint is step {done} (optim.steps="
+                  f"{cfg.optim.steps}); nothing to do. To train further, resume with a larger optim.steps",
+                  file=sys.stderr)
+            return []
+        run_dir.mkdir(parents=True, exist_ok=True)
+        s = session or build_session(cfg)
+        distributed.setup(s, cfg.run.parallel)
+        runner = Runner(s, run_dir, control)
+        if resume:
+            runner.resume()
+        for change in changes:
+            change["step"] = runner.step
+            runner.log.event(runner.step, "config_change", **{k: v for k, v in change.items() if k != "step"})
+        if s.dist.main:
+            save_config(cfg, run_dir / "config.yaml", history + changes)
+        try:
+            if runner.step == 0:
+                runner.start()
+            return runner.loop()
+        except KeyboardInterrupt:
+            newest = checkpoint.latest(run_dir)
+            raise Interrupted(f"interrupted at step {runner.step}; resume with --resume (it continues from "
+                              f"{newest.name if newest else 'step 0: no checkpoint yet'})") from None
+        finally:
+            distributed.teardown()

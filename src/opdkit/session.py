@@ -14,11 +14,12 @@ import torch
 from opdkit.config import Config
 from opdkit.data import Example, PromptStream, fit_prompt, load_jsonl
 from opdkit.distributed import Dist
-from opdkit.errors import ConfigError
+from opdkit.errors import ConfigError, DataError
 from opdkit.forward import StudentForward
 from opdkit.memory import set_mmap_threshold
 from opdkit.models import DTYPES, PairReport, load_model, load_tokenizer, preflight
 from opdkit.objectives import make_objective, needs_teacher, teacher_mismatch
+from opdkit.precheck import check_before_loading, check_k_fits
 from opdkit.rollout import HFSampler, LowPrecisionCopy
 from opdkit.served import ServedTeacher
 from opdkit.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
@@ -92,7 +93,7 @@ def load_items(cfg: Config, path: str, render: PromptRenderer, require: tuple[st
     examples = load_jsonl(path, d.prompt_field, d.pi_field, d.answer_field, d.response_field, require)
     items, skipped = prepare_items(examples, render, d.max_prompt_tokens, d.overlong)
     if not items:
-        raise ValueError(f"every prompt in {path} is longer than data.max_prompt_tokens={d.max_prompt_tokens}; "
+        raise DataError(f"every prompt in {path} is longer than data.max_prompt_tokens={d.max_prompt_tokens}; "
                          f"raise the limit or set data.overlong=truncate")
     return items, skipped
 
@@ -102,7 +103,7 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
     d = cfg.data
     if cfg.mode == "self-distill" or (cfg.mode == "sft" and cfg.teacher.sft_traces == "teacher" and not cfg.model.teacher):
         if not (d.pi or d.pi_field):
-            raise ValueError("a self-teacher needs privileged information: set data.pi")
+            raise ConfigError("a self-teacher needs privileged information: set data.pi")
         renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
         teacher = SelfTeacher(student, renderer, tokenizer.pad_token_id, report_vocab, cfg.teacher.self_weights,
                               cfg.teacher.ema_decay, cfg.teacher.temperature)
@@ -124,6 +125,7 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
 
 
 def build_session(cfg: Config, load_train: bool = True) -> Session:
+    check_before_loading(cfg)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     set_mmap_threshold(cfg.run.mmap_threshold_kib)
@@ -136,16 +138,17 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     student_prompt = PromptRenderer(tokenizer, d.system_prompt, placement=d.pi_placement)
     teacher, teacher_tok, report = build_teacher(cfg, student, tokenizer, len(tokenizer))
     report.vocab = min(report.vocab, student.get_output_embeddings().weight.shape[0])
+    check_k_fits(cfg.objective.options, report.vocab, "the pair's scored vocabulary")
     objective_name = cfg.objective_name
     make_objective(objective_name, **cfg.objective.options)      # bad options fail here, before any training
     if needs_teacher(objective_name) and teacher is None:
-        raise ValueError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
+        raise ConfigError(f"objective {objective_name!r} needs a teacher: set model.teacher or use self-distill")
     problem = None if teacher is None else teacher_mismatch(objective_name, cfg.objective.options, teacher.provides)
     if problem:
         raise ConfigError(problem)
     items, skipped = load_items(cfg, d.train, student_prompt, _require_fields(cfg)) if load_train else ([], 0)
     if cfg.mode == "self-distill" and not d.pi and items and not any(it.example.pi for it in items):
-        raise ValueError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
+        raise ConfigError(f"self-distill: no example in {d.train} has privileged information (field {d.pi_field!r}) and "
                          f"data.pi is empty, so the teacher would be the student; set data.pi or add the field")
     rollout_copy = LowPrecisionCopy(student, DTYPES[cfg.rollout.sampler_dtype]) if cfg.rollout.sampler_dtype else None
     return Session(cfg, tokenizer, student, teacher, student_prompt, make_sampler(cfg, tokenizer, student),

@@ -33,6 +33,10 @@ def entropy(logp: Tensor) -> Tensor:
 def position_metrics(logp: Tensor, teacher: TeacherScores, k: int) -> dict[str, Tensor]:
     """Student entropy; teacher entropy and top-k overlap where the teacher allows."""
     k = min(k, logp.shape[-1])            # diagnostics on a vocabulary smaller than k
+    if teacher.logprobs is None and teacher.topk_ids is not None:
+        # A served teacher may return fewer than k (vLLM --max-logprobs); the diagnostics use what
+        # it returned. Losses that need a top-k support still refuse, in select_support.
+        k = min(k, teacher.topk_ids.shape[-1])
     metrics = {"student_entropy": entropy(logp)}
     if teacher.logprobs is not None:
         metrics["teacher_entropy"] = entropy(upcast(teacher.logprobs))
@@ -140,7 +144,9 @@ def topk_rkl(logp: Tensor, inputs: ObjectiveInputs, k: int, support: str, norm: 
         if inputs.teacher.logprobs is not None:
             log_qt = _log_tail(upcast(inputs.teacher.logprobs), ids, valid)
         else:
-            log_qt = _log1m_exp(log_qk)
+            # An empty support leaves one outcome, the tail: Q_tail = 1, so log Q_tail = 0 (not
+            # log1m_exp(log Q_K = 0 as masked) = log 1e-7, a spurious loss of 16.1).
+            log_qt = torch.where(nonempty, _log1m_exp(log_qk), torch.zeros_like(log_qk))
         tail = log_pt.exp() * (log_pt - log_qt)
     elif norm == "renorm":
         lp, lq = lp - log_pk.unsqueeze(-1), lq - log_qk.unsqueeze(-1)

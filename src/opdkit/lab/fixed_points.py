@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,8 +77,14 @@ def make_teacher(positions: int, vocab: int, sharpness: float, seed: int) -> tor
 
 
 def descend(case: Case, teacher_logprobs: torch.Tensor, k: int, steps: int, lr: float, seed: int,
-            record_every: int = 25) -> tuple[Trajectory, torch.Tensor]:
-    """Adam on free student logits (P, V) against a fixed teacher; returns the trajectory and final logits."""
+            record_every: int = 25, settle: int = 0) -> tuple[Trajectory, torch.Tensor]:
+    """Adam on free student logits (P, V) against a fixed teacher; returns the trajectory and final logits.
+
+    At a constant LR Adam keeps throwing off spikes around the fixed point (its step size does not
+    shrink with the gradient), so the last iterate depends on the CPU's float kernels. `settle` > 0
+    anneals the LR to 0 along a cosine over the last `settle` steps, so the last iterate is the
+    settled point on any CPU.
+    """
     g = torch.Generator().manual_seed(seed + 1)
     if case.init == "teacher":
         logits = teacher_logprobs.clone().requires_grad_()
@@ -91,6 +98,8 @@ def descend(case: Case, teacher_logprobs: torch.Tensor, k: int, steps: int, lr: 
     ids = teacher_topk.indices[:, 0]          # unused by these objectives; any valid id
     inputs = ObjectiveInputs(ids, scores)
     optimizer = torch.optim.Adam([logits], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_settling, steps=steps, settle=settle)) \
+        if settle else None
     traj = Trajectory(case.label)
     for step in range(steps + 1):
         out = objective(logits, inputs)
@@ -101,7 +110,15 @@ def descend(case: Case, teacher_logprobs: torch.Tensor, k: int, steps: int, lr: 
         optimizer.zero_grad()
         out.loss.mean().backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return traj, logits.detach()
+
+
+def _settling(step: int, steps: int, settle: int) -> float:
+    """LR factor: 1, then a cosine from 1 to 0 over the last `settle` of `steps` steps."""
+    into = step - (steps - settle)
+    return 1.0 if into <= 0 else 0.5 * (1.0 + math.cos(math.pi * min(into, settle) / settle))
 
 
 def _record(traj: Trajectory, step: int, logits: torch.Tensor, logq: torch.Tensor, case: Case, k: int) -> None:
