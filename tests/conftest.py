@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 
 def teacher_scores(teacher_logits: torch.Tensor, ids: torch.Tensor, k: int = 8) -> TeacherScores:

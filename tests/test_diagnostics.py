@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from opdkit.diagnostics import (
+from opdkit.engine.diagnostics import (
     entropy_gap,
     hedge_rate,
     repeat_count,
@@ -16,7 +16,7 @@ from opdkit.diagnostics import (
     with_diagnostics,
 )
 from opdkit.objectives import make_objective
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 
 def test_hedge_rate_counts_per_thousand_words():
@@ -68,7 +68,7 @@ def test_entropy_gap_and_the_wrapper_keep_the_objective():
 
 
 def test_overlap_advantage_hand_values():
-    from opdkit.diagnostics import overlap_advantage
+    from opdkit.engine.diagnostics import overlap_advantage
     logp = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.1]]))
     logq = torch.log(torch.tensor([[0.2, 0.1, 0.6, 0.1]]))
     # top-2: student {0, 1}, teacher {2, 0}; overlap {0}: p~ = q~ = 1 there -> 0
@@ -84,7 +84,7 @@ def test_overlap_advantage_hand_values():
 
 
 def test_gap_recovery_closed_form():
-    from opdkit.evaluate import gap_recovery
+    from opdkit.engine.evaluate import gap_recovery
     before = {"accuracy": 0.2, "teacher_accuracy": 0.6, "rule_rate": 0.0, "teacher_rule_rate": 0.9}
     out = gap_recovery(before, {"accuracy": 0.5, "rule_rate": 0.9})
     assert out["accuracy_gap_recovery"] == pytest.approx(0.75) and out["rule_rate_gap_recovery"] == pytest.approx(1.0)

@@ -25,8 +25,8 @@ KEYS = ("train/loss", "train/grad_norm", "rollout/tokens", "rollout/length_mean"
 
 def _launch(mode: str, overrides: list[str], nproc: int, *extra: str) -> None:
     if nproc == 1:                  # in this process: the same `run` the CLI calls, without the start-up
-        from opdkit.config import load_config
-        from opdkit.runner import run
+        from opdkit.engine.config import load_config
+        from opdkit.engine.runner import run
         run(load_config(mode, None, overrides), resume="--resume" in extra)
         return
     # --standalone: a free rendezvous port, so parallel test runs do not collide
@@ -93,7 +93,7 @@ def test_sampled_rollouts_do_not_depend_on_world_size(tiny_dir, tmp_path, mode, 
 
 
 def test_uneven_prompts_per_rank_is_refused():
-    from opdkit.distributed import Dist
+    from opdkit.scale.distributed import Dist
     with pytest.raises(ValueError, match="multiple of the world size 2"):
         Dist(rank=0, world=2).shard([1, 2, 3])
     assert Dist(rank=1, world=2).shard([1, 2, 3, 4]) == ([3, 4], 2)

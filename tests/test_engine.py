@@ -15,14 +15,14 @@ from conftest import engine_overrides
 from safetensors.torch import load_file
 
 from opdkit import cli
-from opdkit.config import load_config
-from opdkit.metrics import read_metrics
-from opdkit.models import load_model
-from opdkit.optim import lr_factor
-from opdkit.runner import run
-from opdkit.runstate import initial_state
-from opdkit.session import build_session
-from opdkit.train import StepSettings, collect, first_special_mask, micro_batch_backward
+from opdkit.engine.config import load_config
+from opdkit.engine.metrics import read_metrics
+from opdkit.engine.optim import lr_factor
+from opdkit.engine.runner import run
+from opdkit.engine.runstate import initial_state
+from opdkit.engine.session import build_session
+from opdkit.engine.train import StepSettings, collect, first_special_mask, micro_batch_backward
+from opdkit.models.loading import load_model
 
 
 def _weights(path):
@@ -208,7 +208,7 @@ def test_smollm2_gguf_loads_and_passes_the_identity_self_test(tmp_path):
     data.write_text('{"prompt": "What is 2 + 3?"}\n{"prompt": "Name a colour."}\n')
     cfg = load_config("distill", overrides=[f"data.train={data}", "model.student=smollm2", "model.teacher=smollm2",
                                             "model.drop_layers_every=3", f"run.out={tmp_path / 'r'}"])
-    from opdkit.evaluate import identity_self_test
+    from opdkit.engine.evaluate import identity_self_test
     s = build_session(cfg)
     assert s.student.config.num_hidden_layers == 10 and s.vocab == 49152
     assert identity_self_test(s) < 1e-4

@@ -7,16 +7,17 @@ import pytest
 import torch
 from conftest import engine_overrides
 
-from opdkit import checkpoint, cli
-from opdkit.config import load_config
-from opdkit.data import load_jsonl
+from opdkit import cli
+from opdkit.engine.config import load_config
+from opdkit.engine.metrics import read_metrics
+from opdkit.engine.runner import run
+from opdkit.engine.session import prepare_items
 from opdkit.errors import ConfigError, DataError, ModelError, TrainingError
 from opdkit.lab.tiny import CHATML_TEMPLATE, build_model, build_tokenizer
-from opdkit.metrics import read_metrics
-from opdkit.models import load_model, preflight
-from opdkit.runner import run
-from opdkit.session import prepare_items
-from opdkit.teachers import PromptRenderer
+from opdkit.models import checkpoint
+from opdkit.models.loading import load_model, preflight
+from opdkit.models.teachers import PromptRenderer
+from opdkit.tasks.data import load_jsonl
 
 
 def _write(path, lines):

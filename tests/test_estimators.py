@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from opdkit.objectives import make_objective
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kernel path too
 

@@ -1,14 +1,22 @@
-"""The alignment convention and the forward passes of opdkit.forward on a tiny real HF model."""
+"""The alignment convention and the forward passes of opdkit.models.forward on a tiny real HF model."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from opdkit.forward import StudentForward, gather_positions, model_head, pack, response_hidden, scoring_positions, student_head
 from opdkit.lab.tiny import build_model, build_tokenizer
-from opdkit.logprobs import selective_log_softmax
-from opdkit.reduction import token_mean
-from opdkit.scores import TeacherScores
+from opdkit.models.forward import (
+    StudentForward,
+    gather_positions,
+    model_head,
+    pack,
+    response_hidden,
+    scoring_positions,
+    student_head,
+)
+from opdkit.objectives.logprobs import selective_log_softmax
+from opdkit.objectives.reduction import token_mean
+from opdkit.objectives.scores import TeacherScores
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import json
 import pytest
 from conftest import engine_overrides
 
-from opdkit.config import load_config
-from opdkit.guard import DEFAULT_RULES, Guard, Rule
-from opdkit.metrics import read_metrics
-from opdkit.runner import GuardStopped, run
+from opdkit.engine.config import load_config
+from opdkit.engine.guard import DEFAULT_RULES, Guard, Rule
+from opdkit.engine.metrics import read_metrics
+from opdkit.engine.runner import GuardStopped, run
 
 
 def _feed(guard, values, metric="m"):
@@ -111,8 +111,8 @@ def test_warn_action_logs_and_continues(tiny_dir, tmp_path):
 
 def test_mass_drain_rule_is_retired_once_its_remedy_objective_is_in_use(tiny_dir, tmp_path):
     """Under topk_rkl_tail, P_K moves to the teacher's Q_K by design: the drain rule must not fire."""
-    from opdkit.runner import Runner
-    from opdkit.session import build_session
+    from opdkit.engine.runner import Runner
+    from opdkit.engine.session import build_session
     names = {}
     for objective in ("topk_rkl_unnorm", "topk_rkl_tail"):
         cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / objective, **{
@@ -131,12 +131,12 @@ def test_mass_drain_rule_is_retired_once_its_remedy_objective_is_in_use(tiny_dir
 # ----------------------------------------------------------------------------- decisions (no training)
 
 def _alarm(name: str, action: str, onset: int = 3):
-    from opdkit.guard import Alarm
+    from opdkit.engine.guard import Alarm
     return Alarm(name, "m", 5, 1.0, None, action, onset, "")
 
 
 def test_most_severe_prefers_stop_then_rollback_and_ignores_warnings():
-    from opdkit.guard import most_severe
+    from opdkit.engine.guard import most_severe
     warn, back, stop = _alarm("w", "warn"), _alarm("b", "rollback"), _alarm("s", "stop")
     assert most_severe([warn, back, stop]) is stop
     assert most_severe([warn, back]) is back
@@ -144,7 +144,7 @@ def test_most_severe_prefers_stop_then_rollback_and_ignores_warnings():
 
 
 def test_rollback_plan_targets_the_newest_checkpoint_before_the_onset_and_compounds_the_lr():
-    from opdkit.guard import plan_rollback
+    from opdkit.engine.guard import plan_rollback
     rule = Rule("drain", "m", below=1.0, action="rollback", lr_factor=0.5, switch_objective="topk_rkl_tail")
     plan = plan_rollback(rule, onset=7, checkpoint_steps=[8, 2, 6, 4], rollbacks=1, max_rollbacks=2,
                          lr_scale=0.5, objective="topk_rkl_unnorm")
@@ -154,7 +154,7 @@ def test_rollback_plan_targets_the_newest_checkpoint_before_the_onset_and_compou
 
 
 def test_rollback_plan_stops_when_out_of_retries_or_checkpoints():
-    from opdkit.guard import plan_rollback
+    from opdkit.engine.guard import plan_rollback
     rule = Rule("r", "m", above=1.0, action="rollback")
     assert "2 rollbacks already" in plan_rollback(rule, 7, [6], 2, 2, 1.0, "rkl").stop_reason
     assert "no checkpoint from before step 3" in plan_rollback(rule, 3, [3, 4], 0, 2, 1.0, "rkl").stop_reason

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from opdkit.config import load_config
+from opdkit.engine.config import load_config
+from opdkit.engine.runner import run
 from opdkit.lab.testbed import opd_overrides
-from opdkit.runner import run
 
 
 def _smoothed_accuracy(rows, window=3):

@@ -22,20 +22,8 @@ LONG_FUNCTIONS: dict[str, str] = {}
 
 RANK = {"errors": 0, "objectives": 1, "tasks": 2, "models": 3, "scale": 4, "engine": 5, "analysis": 6, "recipes": 6,
         "lab": 7, "cli": 8}
-# Where each top-level module sits (until the layout move puts each layer in its own subpackage).
-LAYER_OF = {
-    "errors": "errors",
-    **dict.fromkeys(("scores", "objectives", "topk", "logprobs", "reduction"), "objectives"),
-    **dict.fromkeys(("data", "rewards", "tasks"), "tasks"),
-    **dict.fromkeys(("models", "rollout", "forward", "teachers", "served", "vllm_sampler", "checkpoint", "integrity"),
-                    "models"),
-    **dict.fromkeys(("distributed", "memory", "profile", "scaling"), "scale"),
-    **dict.fromkeys(("config", "guard", "diagnostics", "session", "train", "optim", "runstate", "run_checkpoint",
-                     "runner", "evaluate", "metrics", "export", "rundir", "divergence", "precheck", "config_checks"), "engine"),
-    **dict.fromkeys(("probes", "report", "plots"), "analysis"),
-    **dict.fromkeys(("recipe", "schedules"), "recipes"),
-    "cli": "cli",
-}
+# Each layer is a subpackage of opdkit (objectives/, tasks/, ...); these modules sit at the top.
+LAYER_OF = {"errors": "errors", "cli": "cli", "scaling": "cli"}     # scaling.py: the `python -m` entry point
 
 
 def modules() -> list[Path]:

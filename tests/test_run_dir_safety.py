@@ -17,8 +17,9 @@ import pytest
 import yaml
 from conftest import engine_overrides
 
-from opdkit import checkpoint, cli
-from opdkit.metrics import read_metrics
+from opdkit import cli
+from opdkit.engine.metrics import read_metrics
+from opdkit.models import checkpoint
 
 
 def _opdkit(*args, preexec_fn=None, timeout=300):
@@ -159,9 +160,9 @@ def test_divergence_is_caught_before_it_is_saved_and_resume_takes_a_new_lr(tiny_
 
 def test_the_lock_dies_with_its_holder(tmp_path):
     """A SIGKILLed run leaves .lock behind, but not the lock: the next run takes the directory."""
+    from opdkit.engine.rundir import RunLock
     from opdkit.errors import RunDirError
-    from opdkit.rundir import RunLock
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from opdkit.rundir import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from opdkit.engine.rundir import RunLock\n"
                                f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     try:

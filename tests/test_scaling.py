@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from opdkit.scaling import QWEN3_1_7B, QWEN3_8B, Arch, Plan, memory, report
+from opdkit.scale.scaling import QWEN3_1_7B, QWEN3_8B, Arch, Plan, memory, report
 
 
 def test_parameter_count_equals_a_real_hf_model():

@@ -5,10 +5,10 @@ import pytest
 import yaml
 from test_recipe import base, quiet, write
 
+from opdkit.engine.metrics import read_metrics
 from opdkit.errors import ConfigError
-from opdkit.metrics import read_metrics
-from opdkit.recipe import build_stage_session, load_recipe, run_recipe, stage_config
-from opdkit.schedules import Criterion, next_length, parse_length, plateaued
+from opdkit.recipes.recipe import build_stage_session, load_recipe, run_recipe, stage_config
+from opdkit.recipes.schedules import Criterion, next_length, parse_length, plateaued
 
 
 @pytest.mark.parametrize("current, entropy, expected", [
@@ -47,7 +47,7 @@ def test_length_curriculum_in_a_stage_and_on_resume(tiny_dir, tmp_path, monkeypa
     stage = {"name": "opd", "kind": "distill", "teacher": str(tiny_dir / "teacher"),
              "schedule": {"length": {"start": 4, "step": 2, "max": 8, "entropy_floor": floor, "every": 2}}}
     path = write(tmp_path, tiny_dir, [stage], **{"optim.steps": 6})
-    import opdkit.runner as runner
+    import opdkit.engine.runner as runner
     real = runner.train_step
     calls = {"n": 0}
 

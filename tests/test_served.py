@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from opdkit.models.served import ServedTeacher, ServedTeacherError, parse_scores
 from opdkit.objectives import TOP_K, teacher_mismatch
-from opdkit.served import ServedTeacher, ServedTeacherError, parse_scores
 
 # vLLM /v1/completions with prompt=[5, 7, 9, 11], prompt_logprobs=2, max_tokens=1 (the shape of
 # vllm.entrypoints.openai.protocol.CompletionResponseChoice.prompt_logprobs): entry 0 is null; each
@@ -73,11 +73,11 @@ def vllm_server(model, k: int):
 def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tiny_dir, tmp_path):
     from conftest import engine_overrides
 
-    from opdkit.config import load_config
-    from opdkit.optim import make_optimizer
-    from opdkit.runstate import initial_state
-    from opdkit.session import build_session, new_stream
-    from opdkit.train import StepSettings, train_step
+    from opdkit.engine.config import load_config
+    from opdkit.engine.optim import make_optimizer
+    from opdkit.engine.runstate import initial_state
+    from opdkit.engine.session import build_session, new_stream
+    from opdkit.engine.train import StepSettings, train_step
 
     def step(url: str) -> dict:
         over = engine_overrides(tiny_dir, tmp_path / "run", **{
@@ -102,9 +102,9 @@ def test_a_training_step_through_the_served_teacher_equals_the_local_teacher(tin
 def test_a_run_with_a_served_teacher_and_the_default_objective_is_refused(tiny_dir, tmp_path):
     from conftest import engine_overrides
 
-    from opdkit.config import load_config
+    from opdkit.engine.config import load_config
+    from opdkit.engine.session import build_session
     from opdkit.errors import ConfigError
-    from opdkit.session import build_session
     over = engine_overrides(tiny_dir, tmp_path, **{"model.teacher": "served-name", "teacher.url": "http://x/v1"})
     with pytest.raises(ConfigError, match="'topk_rkl_tail' needs the teacher's log-probabilities over support='student'"):
         build_session(load_config("distill", None, over))

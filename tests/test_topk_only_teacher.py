@@ -14,7 +14,7 @@ import torch
 from conftest import full_inputs
 
 from opdkit.objectives import make_objective
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kernel path too
 

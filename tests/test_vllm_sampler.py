@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from opdkit.rollout import HFSampler
-from opdkit.vllm_sampler import logprob_mismatch, rollouts_from_outputs
+from opdkit.models.rollout import HFSampler
+from opdkit.models.vllm_sampler import logprob_mismatch, rollouts_from_outputs
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def test_engine_vllm_without_vllm_is_one_clear_error(tiny_dir, tmp_path):
         pass
     from conftest import engine_overrides
 
-    from opdkit.config import load_config
+    from opdkit.engine.config import load_config
+    from opdkit.engine.session import build_session
     from opdkit.errors import ConfigError
-    from opdkit.session import build_session
     with pytest.raises(ConfigError, match="rollout.engine=vllm needs"):
         build_session(load_config("sft", None, engine_overrides(tiny_dir, tmp_path, **{"rollout.engine": "vllm"})))
 
@@ -66,8 +66,8 @@ def _gpu_sampler(tiny_dir):
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from opdkit.models import load_model, load_tokenizer
-    from opdkit.vllm_sampler import VLLMSampler
+    from opdkit.models.loading import load_model, load_tokenizer
+    from opdkit.models.vllm_sampler import VLLMSampler
     tok = load_tokenizer(str(tiny_dir / "student"))
     model = load_model(str(tiny_dir / "student"), "bfloat16").cuda()
     sampler = VLLMSampler.create(str(tiny_dir / "student"), model, tok.eos_token_id, tok.pad_token_id, "bfloat16", 0.2,
@@ -98,7 +98,7 @@ def test_vllm_logprobs_agree_with_hf_and_weight_sync_follows_the_trainer(tiny_di
 
 
 def test_other_models_than_the_engines_student_are_sampled_by_hf(tiny):
-    from opdkit.vllm_sampler import VLLMSampler
+    from opdkit.models.vllm_sampler import VLLMSampler
     model, tok = tiny
     sampler = VLLMSampler(llm=None, student=object(), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     prompts = [tok("hola")["input_ids"]]

@@ -24,20 +24,20 @@ import os
 import sys
 from pathlib import Path
 
-from opdkit import checkpoint
-from opdkit.config import field_docs, load_config
+from opdkit.analysis.plots import plot_run
+from opdkit.analysis.probes import PROBES, format_probe
+from opdkit.analysis.report import build_report
+from opdkit.engine.config import field_docs, load_config
+from opdkit.engine.evaluate import evaluate_session, identity_self_test, sample_answers
+from opdkit.engine.export import export_run
+from opdkit.engine.runner import run
+from opdkit.engine.session import build_session
 from opdkit.errors import USER_ERRORS, ConfigError, Interrupted, UsageError, no_room
-from opdkit.evaluate import evaluate_session, identity_self_test, sample_answers
-from opdkit.export import export_run
 from opdkit.lab import fixed_points, reproduce, sweep
+from opdkit.models import checkpoint
 from opdkit.objectives import describe
-from opdkit.plots import plot_run
-from opdkit.probes import PROBES, format_probe
-from opdkit.recipe import load_recipe, run_recipe
-from opdkit.report import build_report
-from opdkit.runner import run
-from opdkit.session import build_session
-from opdkit.tasks import write_task
+from opdkit.recipes.recipe import load_recipe, run_recipe
+from opdkit.tasks.arithmetic import write_task
 
 
 def _objectives(args: argparse.Namespace) -> int:

@@ -17,10 +17,10 @@ import random
 import shutil
 from pathlib import Path
 
-from opdkit.config import load_config
-from opdkit.export import export_run
+from opdkit.engine.config import load_config
+from opdkit.engine.export import export_run
+from opdkit.engine.runner import run
 from opdkit.lab.tiny import build_tokenizer, save_tiny
-from opdkit.runner import run
 
 SFT_STEPS = 1200            # the teacher; students are checkpoints at STUDENT_STEPS
 STUDENT_STEPS = (300,)

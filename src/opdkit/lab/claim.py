@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from opdkit.config import load_config
+from opdkit.engine.config import load_config
+from opdkit.engine.runner import run
 from opdkit.lab.carry import build_carry_testbed
 from opdkit.lab.testbed import build_pi_testbed, build_testbed, opd_overrides
-from opdkit.runner import run
 
 
 @dataclass

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import statistics
 
-from opdkit.config import load_config
-from opdkit.evaluate import evaluate_session
+from opdkit.analysis.probes import consensus_kls
+from opdkit.engine.config import load_config
+from opdkit.engine.evaluate import evaluate_session
+from opdkit.engine.metrics import read_metrics
+from opdkit.engine.runner import run
+from opdkit.engine.session import build_session, load_items
 from opdkit.lab.claim import Context, fmt, tail_mean
 from opdkit.lab.testbed import RULE, opsd_overrides
-from opdkit.metrics import read_metrics
-from opdkit.probes import consensus_kls
-from opdkit.runner import run
-from opdkit.session import build_session, load_items
 
 # ----------------------------------------------------------------------------- C8, C9 (OPSD)
 

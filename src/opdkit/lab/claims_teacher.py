@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import statistics
 
-from opdkit.config import load_config
+from opdkit.analysis.probes import probe_prefix
+from opdkit.engine.config import load_config
+from opdkit.engine.session import build_session
 from opdkit.lab.carry import MAX_NEW_TOKENS, STUDENT_STEPS
 from opdkit.lab.claim import Context, fmt, opd, tail_mean
 from opdkit.lab.testbed import build_c6_teachers
-from opdkit.probes import probe_prefix
-from opdkit.session import build_session
 
 # ----------------------------------------------------------------------------- C4
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import statistics
 
-from opdkit.config import load_config
-from opdkit.export import export_run
+from opdkit.analysis.probes import _hedge_probability, hedge_token_ids
+from opdkit.engine.config import load_config
+from opdkit.engine.export import export_run
+from opdkit.engine.runner import run
+from opdkit.engine.session import build_session
 from opdkit.lab.claim import Context, fmt, opd, summary, tail_mean
 from opdkit.lab.testbed import build_hedge_teacher
-from opdkit.probes import _hedge_probability, hedge_token_ids
-from opdkit.runner import run
-from opdkit.session import build_session
 
 STEPS = (120, 200)          # OPD steps (quick, full) for every run here
 

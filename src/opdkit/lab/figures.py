@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import statistics
 
-from opdkit.report import _img, _png
+from opdkit.analysis.report import _img, _png
 
 
 def _bars(labels: list[str], per_seed: list[list[float]], ylabel: str, title: str) -> str:

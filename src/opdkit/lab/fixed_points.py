@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from opdkit.objectives import make_objective
-from opdkit.scores import ObjectiveInputs, TeacherScores
+from opdkit.objectives.scores import ObjectiveInputs, TeacherScores
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import json
 import time
 from pathlib import Path
 
+from opdkit.analysis.report import build_report, curves_section
 from opdkit.lab.claim import Claim, Context
 from opdkit.lab.claims import CLAIMS
 from opdkit.lab.figures import prefix_bars, self_teacher_bars
-from opdkit.report import build_report, curves_section
 
 VERDICT_COLOURS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700", "not run": "#6e7781"}
 

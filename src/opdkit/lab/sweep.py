@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from opdkit.config import load_config
+from opdkit.engine.config import load_config
+from opdkit.engine.runner import run
 from opdkit.lab.claim import tail_mean
 from opdkit.lab.testbed import build_testbed, opd_overrides
-from opdkit.runner import run
 
 OBJECTIVES = ("topk_rkl_unnorm", "topk_rkl_sg", "topk_rkl_tail", "rkl")
 STUDENTS = ("student_60", "student_100", "teacher")

@@ -16,10 +16,10 @@ import json
 import shutil
 from pathlib import Path
 
-from opdkit.config import load_config
-from opdkit.export import export_run
+from opdkit.engine.config import load_config
+from opdkit.engine.export import export_run
+from opdkit.engine.runner import run
 from opdkit.lab.tiny import build_tokenizer, save_tiny
-from opdkit.runner import run
 
 
 def write_task(path: Path, size: int = 5) -> Path:

@@ -1,0 +1,2 @@
+"""Looking at runs and pairs: probes before training, the HTML report, plots.
+"""

@@ -1,0 +1,3 @@
+"""A run: config, session, the optimizer step, the loop with its run state, checkpoints and guard,
+evaluation, metrics, export.
+"""

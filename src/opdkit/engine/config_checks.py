@@ -1,0 +1,105 @@
+"""Cross-field checks of a loaded config, run by `opdkit.engine.config.load_config` before any model loads.
+
+Each check names the keys involved and the fix: required keys per mode, ranges, the objective
+and its options, whether the teacher can provide what the objective needs (a served teacher
+has only its top-k), and the guard's rules with their switch objectives.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import TYPE_CHECKING
+
+from opdkit.engine.guard import Guard
+from opdkit.errors import ConfigError
+from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
+
+if TYPE_CHECKING:
+    from opdkit.engine.config import Config
+
+
+def validate(cfg: Config, need_train: bool = True) -> None:
+    """Cross-field checks, each naming the keys involved."""
+    if not cfg.model.student:
+        raise ConfigError("model.student is required (a local HF directory or a .gguf file)")
+    if cfg.mode == "distill" and not cfg.model.teacher:
+        raise ConfigError("`distill` needs model.teacher; for a self-teacher with PI use `opdkit self-distill`")
+    if cfg.mode == "self-distill" and not (cfg.data.pi or cfg.data.pi_field):
+        raise ConfigError("`self-distill` needs privileged information: data.pi or a data.pi_field in the data")
+    if cfg.mode == "grpo" and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError("grpo needs rollout.samples_per_prompt >= 2 (group-relative advantages)")
+    if need_train and not cfg.data.train:
+        raise ConfigError("data.train is required (a JSONL file of prompts)")
+    for key in ("optim.steps", "optim.prompts_per_step", "optim.micro_batch", "rollout.max_new_tokens",
+                "run.save_every", "run.keep_checkpoints", "run.max_bad_steps", "data.max_prompt_tokens"):
+        section, leaf = key.split(".")
+        if getattr(getattr(cfg, section), leaf) < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
+        raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
+    for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
+        section, leaf = key.split(".")
+        if getattr(getattr(cfg, section), leaf) < 0:
+            raise ConfigError(f"{key} must be 0 (automatic) or positive")
+    if not 0.0 < cfg.rollout.top_p <= 1.0:
+        raise ConfigError(f"rollout.top_p must lie in (0, 1], got {cfg.rollout.top_p}")
+    if not cfg.rollout.temperature > 0 or not math.isfinite(cfg.rollout.temperature):
+        raise ConfigError("rollout.temperature must be positive (greedy decoding is for eval only)")
+    if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
+        raise ConfigError(f"optim.lr must be a positive finite number, got {cfg.optim.lr}; e.g. optim.lr=1e-5")
+    validate_objective(cfg.objective_name, cfg.objective.options)
+    provides = TOP_K if cfg.teacher.url else FULL
+    problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
+    if problem:
+        raise ConfigError(problem)
+    validate_guard(cfg, provides)
+
+
+def validate_objective(name: str, options: dict) -> None:
+    """Unknown objectives and options are refused here, before any model loads."""
+    key = "objective.options" if name in OBJECTIVES else "objective.name"
+    try:
+        make_objective(name, **options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def validate_guard(cfg: Config, provides: str) -> None:
+    """Guard rules as they will run, and each rule's switch_objective, checked before anything loads.
+
+    Unknown rules, rule keys and rules without bounds are refused. A rule the user wrote must
+    switch to an objective that exists, takes the configured options it keeps, needs a teacher
+    exactly when the run's objective does, and works with the teacher (a served teacher has
+    only its top-k). Default rules are checked by name (their remedy, topk_rkl_tail, fires
+    only for top-K objectives).
+    """
+    g = cfg.guard
+    try:
+        guard = Guard.from_config(g.rules, g.baseline_steps, g.use_defaults, g.disable)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"guard: {e}") from None
+    if not g.enabled:
+        return
+    written = {spec.get("name") for spec in g.rules if isinstance(spec, dict)}
+    for rule in guard.rules:
+        target = rule.switch_objective
+        if not target:
+            continue
+        where = f"guard rule {rule.name!r}: switch_objective {target!r}"
+        if target not in OBJECTIVES:
+            close = difflib.get_close_matches(target, OBJECTIVES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where} is not an objective.{hint} `opdkit objectives` lists them")
+        if rule.name not in written:
+            continue
+        if needs_teacher(target) != needs_teacher(cfg.objective_name):
+            raise ConfigError(f"{where}: a rule can switch only between objectives that use the same teacher; "
+                              f"the run's {cfg.objective_name!r} and {target!r} differ")
+        options = {k: v for k, v in cfg.objective.options.items() if k in accepted_options(target)}
+        try:
+            make_objective(target, **options)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        problem = teacher_mismatch(target, options, provides)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")

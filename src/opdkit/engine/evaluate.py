@@ -1,0 +1,137 @@
+"""Evaluation on held-out prompts: accuracy, length, rule following, KL to the teacher.
+
+Greedy answers give accuracy (when the data has answers), mean length, EOS rate and the
+rule-following rate (`run.check`). Responses sampled at temperature 1 give the held-out
+reverse KL to the teacher, token-averaged: the quantity OPD minimises, measured on the
+student's own distribution. Evaluation saves and restores the global RNG and seeds its own
+sampling, so it neither perturbs a training run nor varies between evaluations.
+"""
+from __future__ import annotations
+
+import torch
+
+from opdkit.engine.diagnostics import hedge_rate
+from opdkit.engine.session import Session, load_items
+from opdkit.models.checkpoint import seeded
+from opdkit.models.forward import model_head, pack
+from opdkit.models.rollout import Rollouts
+from opdkit.models.teachers import PromptRenderer, SelfTeacher, Teacher
+from opdkit.objectives import make_objective
+from opdkit.objectives.logprobs import chunked_objective_loss
+from opdkit.objectives.scores import ObjectiveInputs
+from opdkit.tasks.data import batches
+from opdkit.tasks.rewards import make_check, make_reward
+
+
+def eval_items(s: Session) -> list:
+    if getattr(s, "_eval_items", None) is None:
+        s._eval_items = load_items(s.cfg, s.cfg.data.eval, s.student_prompt)[0][: s.cfg.run.eval_limit]
+    return s._eval_items
+
+
+def _generate(s: Session, items: list, greedy: bool, model=None, prompts: list | None = None,
+              max_new_tokens: int | None = None) -> Rollouts:
+    """Responses of `model` (default: the student) to the items' prompts (default: the student's),
+    at most `max_new_tokens` long (default: rollout.max_new_tokens; a run passes its current length)."""
+    model = model or s.student
+    prompts = prompts or [it.prompt_ids for it in items]
+    max_new_tokens = max_new_tokens or s.cfg.rollout.max_new_tokens
+    out = Rollouts.concat([s.sampler.sample(model, chunk, max_new_tokens=max_new_tokens,
+                                            temperature=1.0, top_p=1.0, greedy=greedy)
+                           for chunk in batches(prompts, s.cfg.optim.micro_batch)])
+    out.meta = [it.example for it in items]
+    return out
+
+
+def answer_metrics(s: Session, rollouts: Rollouts, items: list) -> dict:
+    """Length, EOS rate, accuracy (when every item has an answer) and rule rate (run.check)."""
+    texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+    out = {"length_mean": sum(map(len, rollouts.response_ids)) / len(items),
+           "eos_rate": sum(rollouts.finished) / len(items),
+           "hedge_rate": hedge_rate(texts, tuple(s.cfg.run.hedge_words))}
+    answers = [it.example.answer for it in items]
+    if all(a is not None for a in answers):
+        reward = make_reward(s.cfg.reward.kind)
+        out["accuracy"] = sum(reward(t, a) for t, a in zip(texts, answers)) / len(items)
+    if s.cfg.run.check:
+        check = make_check(s.cfg.run.check)
+        out["rule_rate"] = sum(map(check, texts)) / len(items)
+    return out
+
+
+@torch.no_grad()
+def score_responses(s: Session, teacher: Teacher, rollouts: Rollouts, objective) -> tuple[dict[str, float], float]:
+    """Token means of the objective's per-token loss (key "loss") and of each metric it reports,
+    on the given responses scored by `teacher`; and the number of tokens."""
+    sums, tokens = {}, 0.0
+    size = s.cfg.optim.micro_batch
+    for rows in [slice(i, i + size) for i in range(0, len(rollouts), size)]:
+        responses = rollouts.response_ids[rows]
+        packed = pack(rollouts.prompt_ids[rows], responses, s.tokenizer.pad_token_id)
+        inputs = ObjectiveInputs(packed.response_ids, teacher.score(rollouts.meta[rows], responses))
+        result = chunked_objective_loss(objective, model_head(s.student, packed, s.vocab), inputs, packed.response_mask)
+        mask = packed.response_mask
+        tokens += float(mask.sum())
+        for key, value in {"loss": result.per_token, **result.metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float((value * mask).sum())
+    return {key: value / max(tokens, 1.0) for key, value in sums.items()}, tokens
+
+
+def teacher_kl(s: Session, teacher: Teacher, rollouts: Rollouts) -> float:
+    """Token-mean full-vocabulary KL(student || teacher) on the given responses (0 without tokens)."""
+    means, _ = score_responses(s, teacher, rollouts, make_objective("rkl"))
+    return means.get("loss", 0.0)
+
+
+def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False,
+                     max_new_tokens: int | None = None) -> dict:
+    """Student metrics; with `teacher_side`, the same metrics for the teacher on its own (PI) prompts
+    (the ceiling: a rule the PI-conditioned teacher does not follow cannot be internalised)."""
+    items = eval_items(s) if items is None else items
+    n = max_new_tokens
+    with seeded(seed):
+        out = answer_metrics(s, _generate(s, items, greedy=True, max_new_tokens=n), items)
+        if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
+            out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False, max_new_tokens=n))
+            if teacher_side:
+                with torch.no_grad(), s.teacher.context():
+                    written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items],
+                                        max_new_tokens=n)
+                out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
+        return out
+
+
+def gap_recovery(before: dict, now: dict) -> dict:
+    """(x_now - x_before) / (x_teacher - x_before) for accuracy and rule rate (MATH.md).
+
+    `before` is the step-0 evaluation (it holds the teacher's own rates); 1 means the student
+    closed the whole gap to its teacher; undefined (absent) when the teacher is no better.
+    """
+    out = {}
+    for key in ("accuracy", "rule_rate"):
+        if key in now and key in before and f"teacher_{key}" in before:
+            gap = before[f"teacher_{key}"] - before[key]
+            if gap > 0:
+                out[f"{key}_gap_recovery"] = (now[key] - before[key]) / gap
+    return out
+
+
+def sample_answers(s: Session, n: int) -> list[tuple[str, str]]:
+    """(prompt, greedy answer) for the first n eval prompts: what the numbers are counting."""
+    items = eval_items(s)[:n]
+    texts = s.tokenizer.batch_decode(_generate(s, items, greedy=True).response_ids, skip_special_tokens=True)
+    return [(it.example.prompt, t) for it, t in zip(items, texts)]
+
+
+@torch.no_grad()
+def identity_self_test(s: Session, prompts: int = 2) -> float:
+    """KL of the student to itself through the teacher path (same prompt, live weights): must be ~0.
+
+    A non-zero value means the scoring path misaligns positions or renders prompts differently.
+    """
+    items = s.items[:prompts]
+    with seeded(0):
+        rollouts = _generate(s, items, greedy=False)
+    same = SelfTeacher(s.student, PromptRenderer(s.student_prompt.tokenizer, s.student_prompt.system), s.tokenizer.pad_token_id,
+                       s.vocab, weights="live")
+    return teacher_kl(s, same, rollouts)
