@@ -41,7 +41,7 @@ def env_section(dry: bool, work: Path) -> dict:
     import platform
     import torch
     import transformers
-    from gpu_shapes import PAIRS, TINY_STUDENT, TINY_TEACHER, build_tokenizer, choose_pair, plan_memory, write_model_dir
+    from gpu_shapes import PAIRS, QWEN3_0_6B, QWEN3_1_7B, TINY_STUDENT, TINY_TEACHER, build_tokenizer, choose_pair, plan_memory, write_model_dir
     from gpu_step import DRY, GPU
     setting = DRY if dry else GPU
     info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
@@ -61,25 +61,28 @@ def env_section(dry: bool, work: Path) -> dict:
         teacher, student = TINY_TEACHER, TINY_STUDENT
         plan = plan_memory(teacher, student, setting["batch"], prompt, setting["response"])
     tokenizer = build_tokenizer(student.vocab)
-    for role, arch in (("teacher", teacher), ("student", student)):
-        write_model_dir(work / "models" / role, arch, tokenizer)
+    # The FSDP2 check is about correctness, not size: fp32 and a smaller pair on the GPU.
+    small = (TINY_TEACHER, TINY_STUDENT) if dry else (QWEN3_1_7B, QWEN3_0_6B)
+    for folder, pair in (("models", (teacher, student)), ("models_fsdp", small)):
+        for role, arch in zip(("teacher", "student"), pair):
+            write_model_dir(work / folder / role, arch, tokenizer)
     info.update(teacher=vars(teacher), student=vars(student), setting=setting, memory_plan_gib=plan)
     return info
 
 
 def run_section(name: str, dry: bool, work: Path, log) -> dict:
     """Run one measuring section in a fresh process under its time budget; its JSON (partial on timeout)."""
-    models, out = work / "models", work / f"{name}.json"
+    models, fsdp_models, out = work / "models", work / "models_fsdp", work / f"{name}.json"
     flag = ["--dry-run"] if dry else []
     py = sys.executable
     commands = {
         "opdkit": [[py, str(HERE / "gpu_step.py"), "opdkit", "--models", str(models), "--out", str(out), *flag]],
         "trl": [[py, str(HERE / "gpu_step.py"), "trl", "--models", str(models), "--out", str(out), *flag]],
         "objectives": [[py, str(HERE / "gpu_objectives.py"), "--out", str(out), *flag]],
-        "gpu_tests": [[py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]],
-        "fsdp": [[py, str(HERE / "gpu_fsdp.py"), "--models", str(models), "--out", str(work / "plain.json"), *flag],
+        "gpu_tests": [[py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_test_files()]],
+        "fsdp": [[py, str(HERE / "gpu_fsdp.py"), "--models", str(fsdp_models), "--out", str(work / "plain.json"), *flag],
                  [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(HERE / "gpu_fsdp.py"),
-                  "--models", str(models), "--out", str(work / "fsdp.json"), "--fsdp", *flag]],
+                  "--models", str(fsdp_models), "--out", str(work / "fsdp.json"), "--fsdp", *flag]],
     }
     if name == "trl" and not all(_has(m) for m in ("trl", "datasets")):
         return {"status": "not run: trl (and datasets) are not installed; bring the wheels (BENCHMARKS.md)"}
@@ -109,6 +112,11 @@ def run_section(name: str, dry: bool, work: Path, log) -> dict:
     elif out.is_file():
         result["result"] = json.loads(out.read_text())
     return result
+
+
+def gpu_test_files() -> list[str]:
+    """The test files holding `gpu`-marked tests (collecting the whole suite costs ~20 s of imports)."""
+    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in f.read_text())
 
 
 def _has(module: str) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_shapes import prompt_texts, random_model  # noqa: E402
 
-GPU = {"batch": 4, "prompt_words": 32, "response": 64, "steps": 3}
+GPU = {"batch": 4, "prompt_words": 32, "response": 64, "steps": 3}      # Qwen3-1.7B teacher, Qwen3-0.6B student, fp32
 DRY = {"batch": 2, "prompt_words": 6, "response": 6, "steps": 3}
 
 

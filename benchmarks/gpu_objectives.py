@@ -39,7 +39,7 @@ def loss_fn(kind: str, option, tensors: dict):
     if kind == "liger":
         from liger_kernel.transformers import LigerFusedLinearJSD
         jsd = LigerFusedLinearJSD(jsd_beta=option)
-        return lambda: jsd(hs, ws, ht, wt)
+        return lambda: jsd(hs, ws, ht, wt, None)
     from opdkit.logprobs import Head, chunked_objective_loss
     from opdkit.objectives import make_objective
     from opdkit.scores import ObjectiveInputs

@@ -1,8 +1,9 @@
 """benchmarks/gpu_check.py, the GPU evidence script, runs its own code on the CPU (--dry-run).
 
 The GPU machine lacks gguf, wordcloud and vllm: a directory of modules that refuse to
-import is put first on the path, so an import of any of them in the measured code fails
-here as it would there. The default-suite test runs the env and opdkit sections (~20 s);
+import is put first on the path for gguf and wordcloud, so an import of either in the
+measured code fails here as it would there (vllm is absent here too; a stand-in module
+would make TRL believe it is installed). The default-suite test runs the env and opdkit sections (~20 s);
 the whole dry run (all sections, ~2 min on 2 busy cores) is marked slow.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def dry_run(tmp_path: Path, sections: str) -> dict:
     blocked = tmp_path / "blocked"
     blocked.mkdir()
-    for name in ("gguf", "wordcloud", "vllm"):
+    for name in ("gguf", "wordcloud"):
         (blocked / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
