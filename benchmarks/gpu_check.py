@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ def env_section(dry: bool, work: Path) -> dict:
     return info
 
 
-def run_section(name: str, dry: bool, work: Path, log) -> dict:
+def run_section(name: str, dry: bool, work: Path, log, budget_scale: float = 1.0) -> dict:
     """Run one measuring section in a fresh process under its time budget; its JSON (partial on timeout)."""
     models, fsdp_models, out = work / "models", work / "models_fsdp", work / f"{name}.json"
     flag = ["--dry-run"] if dry else []
@@ -86,23 +87,20 @@ def run_section(name: str, dry: bool, work: Path, log) -> dict:
     }
     if name == "trl" and not all(_has(m) for m in ("trl", "datasets")):
         return {"status": "not run: trl (and datasets) are not installed; bring the wheels (BENCHMARKS.md)"}
-    budget = (DRY_BUDGET_S if dry else BUDGET_S)[name]
+    budget = round((DRY_BUDGET_S if dry else BUDGET_S)[name] * budget_scale, 1)
     t0, status, tail = time.perf_counter(), "ok", ""
     for command in commands[name]:
         left = budget - (time.perf_counter() - t0)
         log.write(f"\n==== {name}: {' '.join(command)}\n")
         log.flush()
-        try:
-            done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=max(1.0, left), env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
-            log.write(done.stdout)
-            tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-            if done.returncode != 0:
-                status = f"failed (exit {done.returncode}): {tail[:300]}"
-                break
-        except subprocess.TimeoutExpired as e:
-            log.write((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""))
+        returncode, output = run_in_group(command, max(1.0, left))
+        log.write(output)
+        tail = output.strip().splitlines()[-1] if output.strip() else ""
+        if returncode is None:
             status = f"timed out after its {budget} s budget; figures written before the timeout are kept"
+            break
+        if returncode != 0:
+            status = f"failed (exit {returncode}): {tail[:300]}"
             break
     result = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
     if name == "gpu_tests":
@@ -112,6 +110,20 @@ def run_section(name: str, dry: bool, work: Path, log) -> dict:
     elif out.is_file():
         result["result"] = json.loads(out.read_text())
     return result
+
+
+def run_in_group(command: list[str], timeout: float) -> tuple[int | None, str]:
+    """(exit code or None on timeout, output). On timeout the whole process group is killed,
+    so torchrun's workers cannot outlive their section and keep holding GPU memory."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return None, output
 
 
 def gpu_test_files() -> list[str]:
@@ -142,6 +154,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="work files (default: <out>/../gpu_work)")
     p.add_argument("--dry-run", action="store_true", help="the same code on the CPU at tiny sizes (CI)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every section's time budget (less device time left: < 1)")
     a = p.parse_args()
     chosen = a.sections.split(",")
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -160,7 +173,7 @@ def main() -> None:
             if name == "env":
                 continue
             print(f"[gpu_check] {name} ...", flush=True)
-            report["sections"][name] = run_section(name, a.dry_run, work, log)
+            report["sections"][name] = run_section(name, a.dry_run, work, log, a.budget_scale)
             report["scaling"] = scaling_rows(report)
             write_reports(report, a.out)
             print(f"[gpu_check] {name}: {report['sections'][name]['status']} "

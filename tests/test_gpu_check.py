@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def dry_run(tmp_path: Path, sections: str) -> dict:
+def dry_run(tmp_path: Path, sections: str, *extra: str) -> dict:
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     for name in ("gguf", "wordcloud"):
@@ -28,7 +28,7 @@ def dry_run(tmp_path: Path, sections: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "gpu"),
-                    "--sections", sections], check=True, cwd=ROOT, env=env, capture_output=True, text=True)
+                    "--sections", sections, *extra], check=True, cwd=ROOT, env=env, capture_output=True, text=True)
     assert sorted(p.name for p in (tmp_path / "gpu").iterdir()) == ["gpu_check.log", "results.json", "results.md"]
     report = json.loads((tmp_path / "gpu" / "results.json").read_text())
     assert "CPU dry run, not GPU figures" in (tmp_path / "gpu" / "results.md").read_text()
@@ -85,3 +85,10 @@ def test_unknown_section_is_one_error_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("gpu_check: error: unknown sections ['vllm']")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_section_past_its_budget_is_killed_and_reported_and_the_report_is_still_written(tmp_path):
+    report = dry_run(tmp_path, "env,objectives", "--budget-scale", "0.005")          # 0.45 s: cannot finish
+    objectives = report["sections"]["objectives"]
+    assert objectives["status"].startswith("timed out") and objectives["seconds"] < 30
+    assert report["env"]["setting"]["batch"] > 0                # what came before the timeout is kept
