@@ -85,8 +85,9 @@ def main() -> None:
               f"`python benchmarks/opd_step_vs_trl.py --only smol` or pass --model-dir", file=sys.stderr)
         raise SystemExit(2)
     import torch
-    from opdkit.models import keep_every_nth_layer
     from transformers import AutoModelForCausalLM
+
+    from opdkit.models import keep_every_nth_layer
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32).eval()

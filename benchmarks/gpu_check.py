@@ -40,9 +40,20 @@ def env_section(dry: bool, work: Path) -> dict:
     """Machine, packages, memory plan; writes the model directories the other sections read."""
     import importlib.util
     import platform
+
     import torch
     import transformers
-    from gpu_shapes import PAIRS, QWEN3_0_6B, QWEN3_1_7B, TINY_STUDENT, TINY_TEACHER, build_tokenizer, choose_pair, plan_memory, write_model_dir
+    from gpu_shapes import (
+        PAIRS,
+        QWEN3_0_6B,
+        QWEN3_1_7B,
+        TINY_STUDENT,
+        TINY_TEACHER,
+        build_tokenizer,
+        choose_pair,
+        plan_memory,
+        write_model_dir,
+    )
     from gpu_step import DRY, GPU
     setting = DRY if dry else GPU
     info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
@@ -56,8 +67,8 @@ def env_section(dry: bool, work: Path) -> dict:
         if chosen is None:
             raise SystemExit("gpu_check: error: not even the smallest pair fits in free GPU memory")
         teacher, student, plan = chosen
-        info["pairs_considered"] = {f"{t.name}->{s.name}": plan_memory(t, s, setting["batch"], prompt, setting["response"])["total"]
-                                    for t, s in PAIRS}
+        info["pairs_considered"] = {
+            f"{t.name}->{s.name}": plan_memory(t, s, setting["batch"], prompt, setting["response"])["total"] for t, s in PAIRS}
     else:
         teacher, student = TINY_TEACHER, TINY_STUDENT
         plan = plan_memory(teacher, student, setting["batch"], prompt, setting["response"])
@@ -154,7 +165,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="work files (default: <out>/../gpu_work)")
     p.add_argument("--dry-run", action="store_true", help="the same code on the CPU at tiny sizes (CI)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every section's time budget (less device time left: < 1)")
+    p.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply every section's time budget (less device time left: < 1)")
     a = p.parse_args()
     chosen = a.sections.split(",")
     unknown = sorted(set(chosen) - set(SECTIONS))

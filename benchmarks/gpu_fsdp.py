@@ -3,7 +3,7 @@
     python benchmarks/gpu_fsdp.py --models DIR --out plain.json [--dry-run]
     torchrun --standalone --nproc-per-node 1 benchmarks/gpu_fsdp.py --models DIR --out fsdp.json --fsdp [--dry-run]
 
-`opdkit.distributed.setup` treats WORLD_SIZE=1 as a plain process (run.parallel is ignored),
+`opdkit.scale.distributed.setup` treats WORLD_SIZE=1 as a plain process (run.parallel is ignored),
 so at world size 1 nothing would be sharded. To run the FSDP2 code on one GPU, this script
 joins the torchrun group itself (NCCL on CUDA, gloo on CPU), lets `setup` wrap the student
 with `fully_shard` as it does for two ranks, and then sets the Dist's world back to 1: the
@@ -36,13 +36,14 @@ def main() -> None:
     setting = DRY if a.dry_run else GPU
     import torch
     import torch.distributed as dist
-    import opdkit.session
-    from opdkit import distributed
-    from opdkit.config import load_config
-    from opdkit.models import DTYPES
-    from opdkit.runner import Runner
+
+    import opdkit.engine.session
+    from opdkit.engine.config import load_config
+    from opdkit.engine.runner import Runner
+    from opdkit.models.loading import DTYPES
+    from opdkit.scale import distributed
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    opdkit.session.load_model = lambda path, dtype="float32", keep_every=0: random_model(path, DTYPES[dtype], device)
+    opdkit.engine.session.load_model = lambda path, dtype="float32", keep_every=0: random_model(path, DTYPES[dtype], device)
     work = a.out.with_suffix("")
     (work / "run").mkdir(parents=True, exist_ok=True)
     vocab = json.loads((a.models / "student" / "arch.json").read_text())["vocab"]
@@ -55,14 +56,14 @@ def main() -> None:
         "objective.name=rkl", "run.progress=false", "run.sample_every=0", f"run.out={work / 'run'}",
         "guard.enabled=false", "run.seed=7"])
     torch.manual_seed(0)             # the same random weights in both runs
-    s = opdkit.session.build_session(cfg)
+    s = opdkit.engine.session.build_session(cfg)
     if a.fsdp:
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
         os.environ["WORLD_SIZE"] = "2"               # past setup's single-process shortcut ...
         distributed.setup(s, "fsdp")
         os.environ["WORLD_SIZE"] = "1"
         s.dist.world = 1                             # ... and back to the group of one it runs in
-        sharded = sum(1 for m in s.scorer.modules() if type(m).__name__.startswith("FSDP"))
+        sharded = sum(1 for m in s.student_forward.modules() if type(m).__name__.startswith("FSDP"))
     runner = Runner(s, work / "run")
     runner.loop(until=setting["steps"])
     rows = [{"loss": r["train/loss"], "grad_norm": r["train/grad_norm"], "step_s": r["time/step_s"]} for r in runner.rows]

@@ -40,9 +40,9 @@ def loss_fn(kind: str, option, tensors: dict):
         from liger_kernel.transformers import LigerFusedLinearJSD
         jsd = LigerFusedLinearJSD(jsd_beta=option)
         return lambda: jsd(hs, ws, ht, wt, None)
-    from opdkit.logprobs import Head, chunked_objective_loss
     from opdkit.objectives import make_objective
-    from opdkit.scores import ObjectiveInputs
+    from opdkit.objectives.logprobs import Head, chunked_objective_loss
+    from opdkit.objectives.scores import ObjectiveInputs
     options = {"beta": option} if kind == "jsd" else {"k": option} if kind.startswith("topk") else {}
     objective = make_objective(kind, **options)
     weights = torch.full((n,), 1.0 / n, device=hs.device)
@@ -78,13 +78,15 @@ def inputs(n: int, size: dict, device: str, dtype):
     import torch
     g = torch.Generator(device=device).manual_seed(n)
     rand = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
-    return {"hs": rand(n, size["hs"]).requires_grad_(True), "ws": rand(size["vocab"], size["hs"], scale=0.02).requires_grad_(True),
+    return {"hs": rand(n, size["hs"]).requires_grad_(True),
+            "ws": rand(size["vocab"], size["hs"], scale=0.02).requires_grad_(True),
             "ht": rand(n, size["ht"]), "wt": rand(size["vocab"], size["ht"], scale=0.02),
             "ids": torch.randint(0, size["vocab"], (n,), generator=g, device=device)}
 
 
 def available(kind: str) -> str | None:
     import importlib.util
+
     import torch
     if kind == "trl" and importlib.util.find_spec("trl") is None:
         return "not run: trl is not installed (bring its wheel, BENCHMARKS.md)"

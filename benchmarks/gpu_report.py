@@ -1,6 +1,6 @@
 """results.json and results.md of benchmarks/gpu_check.py, and the scaling model beside the measurements.
 
-`scaling_rows` evaluates `opdkit.scaling` (docs/scaling.md: H100 peaks, 40% MFU, decoding
+`scaling_rows` evaluates `opdkit.scale.scaling` (docs/scaling.md: H100 peaks, 40% MFU, decoding
 bound by HBM bandwidth, 16 B/param student state) for the pair, batch and lengths that
 gpu_check ran on one GPU, and puts each prediction beside the measured figure; a gap over
 20% is flagged. The model's known differences from this run are stated next to its rows.
@@ -14,7 +14,7 @@ GB_PER_GIB = 2 ** 30 / 1e9
 
 
 def scaling_rows(report: dict) -> list[dict]:
-    from opdkit.scaling import Arch, Plan, memory, step_time
+    from opdkit.scale.scaling import Arch, Plan, memory, step_time
     env, opd = report.get("env", {}), report.get("sections", {}).get("opdkit", {}).get("result")
     if not opd or "teacher" not in env:
         return []

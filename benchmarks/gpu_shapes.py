@@ -2,7 +2,7 @@
 
 The GPU machine has no network and no weights (64 MiB travel limit), so the models are
 randomly initialised from the published configs' shapes (weights do not change cost):
-`opdkit.scaling`'s Qwen3-8B / Qwen3-1.7B, and Qwen3-4B / Qwen3-0.6B as the fallback pair.
+`opdkit.scale.scaling`'s Qwen3-8B / Qwen3-1.7B, and Qwen3-4B / Qwen3-0.6B as the fallback pair.
 The tokenizer is a word-level one built here with exactly the models' vocabulary (151,936
 ids), so opdkit scores over the full vocabulary. `plan_memory` sizes a run on paper before
 anything is allocated; `choose_pair` takes the largest pair that fits.
@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from opdkit.scaling import QWEN3_1_7B, QWEN3_8B, Arch
+from opdkit.scale.scaling import QWEN3_1_7B, QWEN3_8B, Arch
 
 # Published Qwen/Qwen3-4B and Qwen/Qwen3-0.6B config.json shapes (both tie embeddings).
 QWEN3_4B = Arch("Qwen3-4B", hidden=2560, layers=36, heads=32, kv_heads=8, head_dim=128, mlp=9728, vocab=151936, tied=True)

@@ -5,7 +5,7 @@
 
 DIR holds `teacher/` and `student/` written by gpu_shapes.write_model_dir (configs and the
 tokenizer; weights are random, made on the device). The opdkit arm builds its Session
-through `build_session` with one seam replaced: `opdkit.session.load_model` returns the
+through `build_session` with one seam replaced: `opdkit.engine.session.load_model` returns the
 randomly initialised model on the device instead of reading weights (there are none). The
 step is `Runner.loop` -> `train_step`, with `run.profile=true` (a CUDA sync at each phase
 boundary, so phase times are real). The TRL arm is DistillationTrainer (beta 1 = reverse KL,
@@ -46,12 +46,13 @@ def cuda_memory(reset: bool = False) -> dict:
 
 def opdkit_arm(models: Path, work: Path, setting: dict, objective: str = "rkl") -> dict:
     import torch
-    import opdkit.session
-    from opdkit.config import load_config
-    from opdkit.models import DTYPES
-    from opdkit.runner import Runner
+
+    import opdkit.engine.session
+    from opdkit.engine.config import load_config
+    from opdkit.engine.runner import Runner
+    from opdkit.models.loading import DTYPES
     device, dtype = device_and_dtype()
-    opdkit.session.load_model = lambda path, dtype="float32", keep_every=0: random_model(path, DTYPES[dtype], device)
+    opdkit.engine.session.load_model = lambda path, dtype="float32", keep_every=0: random_model(path, DTYPES[dtype], device)
     vocab = json.loads((models / "student" / "arch.json").read_text())["vocab"]
     work.mkdir(parents=True, exist_ok=True)
     data = work / "prompts.jsonl"
@@ -64,7 +65,7 @@ def opdkit_arm(models: Path, work: Path, setting: dict, objective: str = "rkl") 
         f"rollout.max_new_tokens={setting['response']}", "rollout.temperature=1.0", "rollout.top_p=1.0", "optim.lr=1e-6",
         f"optim.steps={setting['steps'] + 1000}", f"objective.name={objective}", "run.progress=false",
         "run.sample_every=0", f"run.out={work / 'run'}", "guard.enabled=false", "run.profile=true"])
-    from opdkit.session import build_session
+    from opdkit.engine.session import build_session
     s = build_session(cfg)
     after_build = {"build_s": time.perf_counter() - t0, **cuda_memory(reset=True)}
     (work / "run").mkdir(exist_ok=True)
@@ -91,7 +92,8 @@ def trl_arm(models: Path, work: Path, setting: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl.experimental.distillation import DistillationConfig, DistillationTrainer
-    from opdkit.models import DTYPES
+
+    from opdkit.models.loading import DTYPES
     device, dtype = device_and_dtype()
     vocab = json.loads((models / "student" / "arch.json").read_text())["vocab"]
     tok = AutoTokenizer.from_pretrained(models / "student")
