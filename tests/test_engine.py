@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from opdkit import cli
 from opdkit.engine.config import load_config
 from opdkit.engine.metrics import read_metrics
-from opdkit.engine.optim import lr_factor
 from opdkit.engine.runner import run
 from opdkit.engine.runstate import initial_state
 from opdkit.engine.session import build_session
@@ -144,14 +143,6 @@ def test_accumulation_is_token_exact_and_chunked_equals_plain(tiny_dir, tmp_path
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(plain[name], whole[name], rtol=1e-4, atol=1e-7)
-
-
-def test_lr_schedule_closed_forms():
-    assert lr_factor(0, 4, 10, "constant") == pytest.approx(0.25)
-    assert lr_factor(3, 4, 10, "linear") == pytest.approx(1.0)
-    assert lr_factor(10, 0, 10, "linear") == pytest.approx(0.0)
-    assert lr_factor(5, 0, 10, "cosine") == pytest.approx(0.5)
-    assert lr_factor(7, 0, 10, "constant") == 1.0
 
 
 def test_first_special_mask_masks_only_the_first_occurrence():

@@ -99,24 +99,3 @@ def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
         from opdkit.engine.runner import run
         losses[dtype] = run(cfg, session=s)[0]["train/loss"]
     assert losses["bfloat16"] == pytest.approx(losses[""], rel=0.05)
-
-
-def test_fused_adamw_matches_the_default_update():
-    import torch
-
-    from opdkit.engine.optim import adamw
-    torch.manual_seed(0)
-    weights = [torch.randn(7, 5), torch.randn(5)]
-    fused_params = [torch.nn.Parameter(w.clone()) for w in weights]
-    plain_params = [torch.nn.Parameter(w.clone()) for w in weights]
-    fused = adamw(fused_params, lr=1e-2, weight_decay=0.1)
-    plain = torch.optim.AdamW(plain_params, lr=1e-2, weight_decay=0.1, foreach=False)
-    assert fused.defaults["fused"] is True
-    for step in range(5):
-        grads = [torch.randn_like(w) for w in weights]
-        for params, opt in ((fused_params, fused), (plain_params, plain)):
-            for p, g in zip(params, grads):
-                p.grad = g.clone()
-            opt.step()
-    for a, b in zip(fused_params, plain_params):
-        assert torch.allclose(a, b, atol=1e-6)
