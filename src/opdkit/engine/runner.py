@@ -307,4 +307,4 @@ def run(cfg: Config, resume: bool = False, session: Session | None = None, contr
             raise Interrupted(f"interrupted at step {runner.step}; resume with --resume (it continues from "
                               f"{newest.name if newest else 'step 0: no checkpoint yet'})") from None
         finally:
-            distributed.teardown()
+            distributed.teardown(s)

@@ -29,6 +29,7 @@ full weights and optimizer state in CPU memory while saving (docs/scaling.md).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,14 @@ def setup(s, strategy: str = "ddp") -> Dist:
     return d
 
 
-def teardown() -> None:
+def teardown(s=None) -> None:
+    """Leave the process group. DDP's Reducer holds the group: freed after destroy_process_group, the
+    gloo group's destructor joined worker threads that never returned, and the rank hung at exit
+    (py-spy: ~ProcessGroupGloo under Reducer dealloc; the orphan outlived torchrun). So the wrapper
+    goes first."""
+    if s is not None and hasattr(s.student_forward, "no_sync"):      # DDP (FSDP2 wraps in place)
+        s.student_forward = _unwrapped(s.student_forward)
+        gc.collect()
     if dist.is_initialized():
         dist.barrier()           # no rank closes its connections while a peer still waits on the last collective
         dist.destroy_process_group()
