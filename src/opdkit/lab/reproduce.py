@@ -1,8 +1,10 @@
 """`opdkit lab reproduce [--quick] [--only C1,C4] --out DIR`: the claims table, claims.json, report.html.
 
 C12 (frozen / live / EMA self-teacher) runs after the paper's eleven.
-Quick mode: one seed and shorter runs; full mode: three seeds, mean +- spread. The testbed
-models are cached under DIR/cache, so a second run skips their training.
+Quick mode: one seed and shorter runs, so each statistic is a point: it shows where a claim
+lands, not whether that is more than seed noise. Full mode: five seeds, each statistic's mean
+and 95% interval, and a verdict only when the interval clears the threshold (`verdict.py`).
+The testbed models are cached under DIR/cache, so a second run skips their training.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 from opdkit.lab.claim import Claim, Context
-from opdkit.lab.claims import CLAIMS
+from opdkit.lab.claims import CLAIMS, FULL_SEEDS
 
 VERDICT_COLOURS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700", "not run": "#6e7781"}
 
@@ -34,7 +36,7 @@ def reproduce(out: str | Path, quick: bool = True, only: str | None = None, seed
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out, quick)
     claims = select(only)
-    seed_list = list(range(seeds or (1 if quick else 3)))
+    seed_list = list(range(seeds or (1 if quick else FULL_SEEDS)))
     jobs = [(c, s) for c in claims if c.run is not None for s in seed_list]
     results: dict[str, list[dict]] = {c.id: [] for c in claims}
     started = time.time()
@@ -62,6 +64,8 @@ def row_for(claim: Claim, results: list[dict], seeds: int) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'claim':<5} {'verdict':<15} {'title'}", "-" * 100]
+    if rows and rows[0]["seeds"] == 1:
+        lines.insert(0, "quick mode, 1 seed: each statistic is a point; the full mode's 95% intervals decide.")
     for r in rows:
         lines.append(f"{r['claim']:<5} {r['verdict']:<15} {r['title']}")
         if r["verdict"] != "not run":
