@@ -55,15 +55,15 @@ def test_judge_stats_preconditions_and_null_arm():
 def arm(before=0.8, after=0.8, pk_qk=1.0, p_k=0.98, shape=0.02, length=(2.0, 2.0), collapse=None,
         acc_end=0.8, acc_two_thirds=0.8):
     return {"heldout_before": before, "heldout_after": after, "pk_qk_end": pk_qk, "p_k_heldout": p_k,
-            "shape_kl_end": shape, "len_start": length[0], "len_end": length[1], "collapse_step": collapse, "steps": 120,
+            "shape_kl_start": 0.1, "shape_kl_end": shape, "heldout_len_before": length[0], "heldout_len_after": length[1], "collapse_step": collapse, "steps": 120,
             "acc_end": acc_end, "acc_two_thirds": acc_two_thirds}
 
 
 STABLE = arm(1.0, 1.0)
 C3_SG = {"sg_student_100": arm(p_k=0.95), "sg_student_100_flat": arm(p_k=0.94)}
 CASES = {   # claim: (effect present, effect removed = the null)
-    "C1": ({"K2": arm(1.0, 0.3, pk_qk=0.36, length=(2.0, 3.5), collapse=40),
-            "K8": arm(1.0, 0.4, pk_qk=0.45, length=(2.0, 3.0), collapse=60), "null": STABLE},
+    "C1": ({"K2": arm(1.0, 0.3, pk_qk=0.36, length=(18.0, 30.0), collapse=40),
+            "K8": arm(1.0, 0.4, pk_qk=0.45, length=(18.0, 26.0), collapse=60), "null": STABLE},
            {"K2": STABLE, "K8": STABLE, "null": STABLE}),
     "C2": ({"student_60": arm(0.3, 0.6, pk_qk=1.02), "student_100": arm(0.7, 0.85, pk_qk=0.98)},
            {"student_60": arm(0.3, 0.0, pk_qk=0.4), "student_100": arm(0.7, 0.2, pk_qk=0.45)}),
@@ -73,8 +73,10 @@ CASES = {   # claim: (effect present, effect removed = the null)
            {"teacher_alone": 0.9, "teacher_after_0.25": 0.9, "teacher_after_0.5": 0.88, "teacher_after_0.75": 0.9}),
     "C5": ({"hedge_after_wrong": 0.6, "hedge_after_right": 0.01, "hedge_rate_start": 0.0, "hedge_rate_end": 120.0},
            {"hedge_after_wrong": 0.01, "hedge_after_right": 0.01, "hedge_rate_start": 0.0, "hedge_rate_end": 0.0}),
-    "C6": ({"grpo": {"acc_end": 0.8, "overlap_start": 0.8}, "offformat": {"acc_end": 0.2, "overlap_start": 0.3}},
-           {"grpo": {"acc_end": 0.8, "overlap_start": 0.8}, "offformat": {"acc_end": 0.8, "overlap_start": 0.8}}),
+    "C6": ({"grpo": {"acc_end": 0.8, "overlap_start": 0.8, "teacher_acc": 0.9},
+            "offformat": {"acc_end": 0.2, "overlap_start": 0.3, "teacher_acc": 1.0}},
+           {"grpo": {"acc_end": 0.8, "overlap_start": 0.8, "teacher_acc": 0.9},
+            "offformat": {"acc_end": 0.8, "overlap_start": 0.8, "teacher_acc": 0.9}}),
     "C7": ({"init": arm(0.02, 0.03, acc_end=0.02, acc_two_thirds=0.02), "student_60": arm(0.3, 0.8)},
            {"init": arm(0.02, 0.03, acc_end=0.02, acc_two_thirds=0.02), "student_60": arm(0.02, 0.03)}),
     "C8": ({"rule_before": 0.0, "rule_after": 1.0, "rule_teacher": 1.0, "acc_before": 0.95, "acc_after": 0.95},

@@ -99,6 +99,7 @@ def heldout_eval(s, items: list, samples: int = 16, seed: int = 0, check: str = 
             hits = [score(t, a) for t, a in zip(texts, answers)]
             per_prompt = [statistics.fmean(hits[i * n:(i + 1) * n]) for i in range(len(items))]
             out[f"{mode}_accuracy"] = statistics.fmean(per_prompt)
+            out[f"{mode}_length"] = statistics.fmean(len(r) for r in rollouts.response_ids)
             if rule:
                 out[f"{mode}_rule_rate"] = statistics.fmean(float(rule(t)) for t in texts)
             if mode == "sampled":
@@ -106,6 +107,26 @@ def heldout_eval(s, items: list, samples: int = 16, seed: int = 0, check: str = 
                 out["texts"] = texts[:64]
                 if s.teacher is not None and not s.cfg.data.pi:
                     out.update(shape_metrics(s, rollouts, [it.example for it in items for _ in range(n)]))
+    return out
+
+
+def teacher_eval(s, items: list, samples: int = 16, seed: int = 0, check: str = "") -> dict:
+    """The teacher (PI-conditioned in OPSD) on `items`: greedy and sampled accuracy, and rule rate with `check`."""
+    import torch
+    from opdkit.checkpoint import seeded
+    from opdkit.rewards import make_check, make_reward
+    score, rule = make_reward(s.cfg.reward.kind), make_check(check) if check else None
+    out = {}
+    with seeded(seed), torch.no_grad(), s.teacher.context():
+        for mode, n in (("greedy", 1), ("sampled", samples)):
+            prompts = [s.teacher.renderer(it.example) for it in items for _ in range(n)]
+            rollouts = s.sampler.sample(s.teacher.model(), prompts, max_new_tokens=s.cfg.rollout.max_new_tokens,
+                                        temperature=1.0, top_p=1.0, greedy=mode == "greedy")
+            texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+            answers = [it.example.answer for it in items for _ in range(n)]
+            out[f"{mode}_accuracy"] = statistics.fmean(score(t, a) for t, a in zip(texts, answers))
+            if rule:
+                out[f"{mode}_rule_rate"] = statistics.fmean(float(rule(t)) for t in texts)
     return out
 
 
@@ -128,7 +149,7 @@ class Run:
 
 def opd(ctx: Context, seed: int, name: str, student: str, objective: str, k: int = 5, steps: int = 80,
         extra: tuple[str, ...] = (), teacher: str = "teacher", max_new_tokens: int = 4, root: Path | None = None,
-        train: str = "task_train.jsonl", heldout: str = "task_heldout.jsonl") -> Run:
+        train: str = "task_train.jsonl", heldout: str = "task_heldout.jsonl", score_teacher: bool = False) -> Run:
     """One OPD run (guard off: the claims are about unguarded dynamics) on `root` (default: the seed's
     addition testbed), trained on `train` and evaluated before and after on `heldout`."""
     import shutil
@@ -149,6 +170,8 @@ def opd(ctx: Context, seed: int, name: str, student: str, objective: str, k: int
     s = build_session(cfg)
     items = load_items(cfg, str(root / heldout), s.student_prompt)[0]
     before = heldout_eval(s, items, seed=seed)
+    if score_teacher:
+        before.update({f"teacher_{k}": v for k, v in teacher_eval(s, items, seed=seed).items()})
     rows = run(cfg, session=s)
     return Run(rows, before, heldout_eval(s, items, seed=seed))
 
@@ -160,12 +183,15 @@ def summary(result) -> dict:
     if isinstance(result, Run):
         held = {"heldout_before": result.before["sampled_accuracy"], "heldout_after": result.after["sampled_accuracy"],
                 "heldout_se": result.after["sampled_se"], "greedy_before": result.before["greedy_accuracy"],
-                "greedy_after": result.after["greedy_accuracy"], "shape_kl_end": result.after.get("shape_kl"),
+                "greedy_after": result.after["greedy_accuracy"], "heldout_len_before": result.before["sampled_length"],
+                "heldout_len_after": result.after["sampled_length"], "shape_kl_start": result.before.get("shape_kl"),
+                "shape_kl_end": result.after.get("shape_kl"),
                 "p_k_heldout": result.after.get("p_k"), "q_k_heldout": result.after.get("q_k")}
     return {**held, "acc_start": statistics.fmean(r["rollout/accuracy"] for r in rows[:3]),
             "acc_end": tail_mean(rows, "rollout/accuracy"), "pk_qk_end": tail_mean(rows, "diag/pk_qk_ratio"),
             "p_k_end": tail_mean(rows, "diag/p_k"), "len_start": statistics.fmean(r["rollout/length_mean"] for r in rows[:3]),
-            "len_end": tail_mean(rows, "rollout/length_mean"), "entropy_end": tail_mean(rows, "diag/student_entropy"),
+            "len_end": tail_mean(rows, "rollout/length_mean"), "hedge_start": rows[0].get("diag/hedge_rate"),
+            "hedge_end": tail_mean(rows, "diag/hedge_rate"), "entropy_end": tail_mean(rows, "diag/student_entropy"),
             "collapse_step": collapse_step(rows), "steps": len(rows),
             "acc_two_thirds": statistics.fmean(r["rollout/accuracy"] for r in rows[2 * len(rows) // 3 - 5:2 * len(rows) // 3 + 5])}
 

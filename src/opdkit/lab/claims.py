@@ -30,6 +30,10 @@ def _drop(arm: str):
     return lambda r: r[arm]["heldout_before"] - r[arm]["heldout_after"]
 
 
+def _ratio(x: dict) -> float | None:
+    return None if not x.get("shape_kl_start") else x["shape_kl_end"] / x["shape_kl_start"]
+
+
 def _pk_gap(a: str, b: str):
     return lambda r: None if r[a]["p_k_heldout"] is None else abs(r[a]["p_k_heldout"] - r[b]["p_k_heldout"])
 
@@ -39,14 +43,15 @@ C1_STATS = [
     Stat("K=8 held-out accuracy drop", _drop("K8"), ">", 0.3),
     Stat("K=2 P_K/Q_K, last 10 steps", lambda r: r["K2"]["pk_qk_end"], ">", 0.2),
     Stat("K=2 P_K/Q_K, last 10 steps ", lambda r: r["K2"]["pk_qk_end"], "<", 0.55),
-    Stat("K=2 training length rise (tokens)", lambda r: r["K2"]["len_end"] - r["K2"]["len_start"], ">", 0.5),
+    Stat("K=2 held-out sampled length rise (tokens)", lambda r: r["K2"]["heldout_len_after"] - r["K2"]["heldout_len_before"],
+         ">", 2),
     Stat("collapse step K=8 minus K=2", lambda r: collapse_or_end(r["K8"]) - collapse_or_end(r["K2"]), ">", 0),
 ]
 C2_STATS = [Stat(f"{s} held-out accuracy change", gain(s), ">", -0.1) for s in ("student_60", "student_100")] + [
     Stat(f"{s} |P_K/Q_K - 1|, last 10 steps", lambda r, s=s: abs(r[s]["pk_qk_end"] - 1), "<", 0.15)
     for s in ("student_60", "student_100")]
 C3_STATS = [Stat(f"{s} held-out accuracy change", gain(s), ">", -0.1) for s in ("student_100", "student_100_flat")] + [
-    Stat(f"{s} renormalised top-K KL to the teacher (shape)", lambda r, s=s: r[s]["shape_kl_end"], "<", 0.1)
+    Stat(f"{s} renormalised top-K KL to the teacher (shape), end / start", lambda r, s=s: _ratio(r[s]), "<", 0.8)
     for s in ("student_100", "student_100_flat")] + [
     Stat("|P_K(SFT-100) - P_K(flattened)| at the end (P_K free)", _pk_gap("student_100", "student_100_flat"), ">", 0.1)]
 C4_STATS = [Stat("teacher alone", lambda r: r["teacher_alone"], ">", 0.5, precondition=True)] + [
@@ -55,12 +60,14 @@ C4_STATS = [Stat("teacher alone", lambda r: r["teacher_alone"], ">", 0.5, precon
     Stat("after the 25% cut minus after the 75% cut",
          lambda r: r["teacher_after_0.25"] - r["teacher_after_0.75"], ">", 0.1)]
 C5_STATS = [
-    Stat("teacher P(hedge) after a wrong first digit", lambda r: r["hedge_after_wrong"], ">", 0.2),
-    Stat("teacher P(hedge) after a wrong minus after the right digit",
+    Stat("teacher P(hedge) after a wrong first column", lambda r: r["hedge_after_wrong"], ">", 0.2),
+    Stat("teacher P(hedge) after a wrong minus after the right first column",
          lambda r: r["hedge_after_wrong"] - r["hedge_after_right"], ">", 0.15),
     Stat("student hedge-rate rise under OPD (per 1,000 words)", lambda r: r["hedge_rate_end"] - r["hedge_rate_start"],
-         ">", 50)]
+         ">", 20)]
 C6_STATS = [
+    Stat("off-format teacher's held-out greedy accuracy minus the adapted teacher's",
+         lambda r: r["offformat"]["teacher_acc"] - r["grpo"]["teacher_acc"], ">", -0.05, precondition=True),
     Stat("held-out accuracy after: GRPO-adapted minus off-format teacher",
          lambda r: r["grpo"]["acc_end"] - r["offformat"]["acc_end"], ">", 0.1),
     Stat("initial top-K overlap: GRPO-adapted minus off-format", lambda r: r["grpo"]["overlap_start"]
@@ -102,11 +109,11 @@ C12_STATS = [
 CLAIMS = [
     Claim("C1", "unnormalised top-K RKL trains, then collapses",
           "collapse into hedging loops; length and hedge rate up, P_K/Q_K toward 1/e, accuracy down; earlier for smaller K",
-          "unnormalised top-K OPD (K = 2 and 8) from a student equal to the teacher on single-digit sums (20 training "
-          "prompts, 5 held out) loses held-out accuracy, lengthens its answers and drives P_K/Q_K toward 1/e; K = 2 "
-          "collapses first",
+          "on the carry task (two-digit sums worked column by column, 14-22-token answers, up to 40 tokens allowed), "
+          "unnormalised top-K OPD (K = 2 and 8) from a student equal to the teacher loses accuracy on 32 held-out "
+          "problems, lengthens its answers and drives P_K/Q_K toward 1/e; K = 2 collapses first (hedge rate reported)",
           "sampled-token OPD (sound) from the same start, in both K slots: must not pass", C1_STATS, run_c1, describe_c1,
-          c1_null, ["C1-unnorm-K2", "C1-unnorm-K8", "sampled-teacher"]),
+          c1_null, ["C1-unnorm-K2", "C1-unnorm-K8", "C1-null-sampled"]),
     Claim("C2", "stop-grad top-K RKL stays stable with P_K -> Q_K",
           "no collapse with the '+1' term removed; P_K tracks Q_K",
           "stop-grad student-top-K OPD (K = 5) from the weak SFT-60 and the SFT-100 student keeps held-out accuracy and "
@@ -130,14 +137,16 @@ CLAIMS = [
           "numbers; not run)", C4_STATS, run_c4, describe_c4),
     Claim("C5", "revision tokens on student prefixes; hedging rises under OPD",
           "the teacher emits 'wait'/'but' on student prefixes; hedge rate rises during OPD",
-          "a teacher SFT'd on 'N' and 'W wait N' (a wrong digit, then a revision) scores prefixes that start with a "
-          "wrong digit; OPD (default objective) of the SFT-60 student toward it",
+          "on the carry task, a teacher SFT'd on plain worked answers and on ones whose first column is written one "
+          "too high, then 'wait' and the right result, scores student prefixes that start with a wrong column; OPD "
+          "(default objective, up to 40 tokens) of the SFT step-300 student toward it",
           "the plain teacher (no revision data): P(hedge) ~ 0 and no hedging under OPD (constructed numbers)",
           C5_STATS, run_c5, describe_c5, None, ["C5-hedge"]),
     Claim("C6", "a GRPO-adapted teacher of the student's size beats a stronger off-format teacher",
           "the RLVR-adapted teacher gives better OPD; initial top-K overlap explains it",
           "OPD (default objective) of the SFT-60 student toward (a) the SFT-100 student improved by 40 GRPO steps and "
-          "(b) a larger model (3 layers, hidden 96) SFT'd to answer 'the answer is N'",
+          "(b) a larger model (3 layers, hidden 96) SFT'd to answer 'the answer is N', at least as accurate (a "
+          "precondition), with room for its format (16 new tokens); initial top-K overlap measured",
           "the same teacher in both arms: no gap (constructed numbers)", C6_STATS, run_c6, describe_c6, None,
           ["C6-grpo", "C6-offformat"]),
     Claim("C7", "an SFT warm start turns failing OPD into improving OPD",

@@ -11,28 +11,9 @@ from __future__ import annotations
 
 import statistics
 
-from opdkit.lab.claim import Context, fmt, heldout_eval
+from opdkit.lab.claim import Context, fmt, heldout_eval, teacher_eval
 
 CHECK = "contains:!"
-
-
-def teacher_eval(s, items: list, samples: int = 16, seed: int = 0) -> dict:
-    """The PI-conditioned teacher on `items`: greedy accuracy and rule rate, sampled rule rate."""
-    import torch
-    from opdkit.checkpoint import seeded
-    from opdkit.rewards import make_check, make_reward
-    score, rule = make_reward(s.cfg.reward.kind), make_check(CHECK)
-    out = {}
-    with seeded(seed), torch.no_grad(), s.teacher.context():
-        for mode, n in (("greedy", 1), ("sampled", samples)):
-            prompts = [s.teacher.renderer(it.example) for it in items for _ in range(n)]
-            rollouts = s.sampler.sample(s.teacher.model(), prompts, max_new_tokens=s.cfg.rollout.max_new_tokens,
-                                        temperature=1.0, top_p=1.0, greedy=mode == "greedy")
-            texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-            answers = [it.example.answer for it in items for _ in range(n)]
-            out[f"{mode}_accuracy"] = statistics.fmean(score(t, a) for t, a in zip(texts, answers))
-            out[f"{mode}_rule_rate"] = statistics.fmean(float(rule(t)) for t in texts)
-    return out
 
 
 def _opsd(ctx: Context, seed: int, name: str, root, train: str, heldout: str, steps: int, fixed_pi: str = "",
@@ -69,7 +50,7 @@ def run_c8(ctx: Context, seed: int) -> dict:
     from opdkit.lab.testbed import RULE
     root = _split(ctx.pi_testbed(seed), seed)
     s, items, before, after, _, teacher = _opsd(ctx, seed, "C8-rule", root, "sums_train.jsonl", "sums_heldout.jsonl",
-                                                ctx.steps(60, 100), RULE, pre=lambda s, items: teacher_eval(s, items, seed=seed))
+                                                ctx.steps(60, 100), RULE, pre=lambda s, items: teacher_eval(s, items, seed=seed, check=CHECK))
     return {"rule_before": before["greedy_rule_rate"], "rule_after": after["greedy_rule_rate"],
             "rule_teacher": teacher["greedy_rule_rate"], "acc_before": before["sampled_accuracy"],
             "acc_after": after["sampled_accuracy"], "acc_se": after["sampled_se"]}
@@ -186,9 +167,9 @@ def run_c12(ctx: Context, seed: int) -> dict:
         s, items, before, after, _, start = _opsd(ctx, seed, f"C12-{weights}", root, "sums_train.jsonl",
                                                   "sums_heldout.jsonl", ctx.steps(60, 100), RULE,
                                                   extra=(f"teacher.self_weights={weights}",),
-                                                  pre=lambda s, items: teacher_eval(s, items, seed=seed))
+                                                  pre=lambda s, items: teacher_eval(s, items, seed=seed, check=CHECK))
         out["teacher_rule_start"] = start["sampled_rule_rate"]
-        out[weights] = {"teacher_rule_end": teacher_eval(s, items, seed=seed)["sampled_rule_rate"],
+        out[weights] = {"teacher_rule_end": teacher_eval(s, items, seed=seed, check=CHECK)["sampled_rule_rate"],
                         "rule_before": before["sampled_rule_rate"], "rule_after": after["sampled_rule_rate"],
                         "acc_before": before["sampled_accuracy"], "acc_after": after["sampled_accuracy"]}
     return out

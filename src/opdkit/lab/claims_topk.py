@@ -1,5 +1,5 @@
-"""Top-K OPD claims on the addition testbed: C1 (unnormalised collapse), C2 (stop-grad),
-C3 (renormalised), C5 (hedging), C7 (SFT warm start), C10 (RKL vs FKL, then GRPO).
+"""Top-K OPD claims: C1 (unnormalised collapse, on the carry task), C2 (stop-grad),
+C3 (renormalised), C5 (hedging), C7 (SFT warm start), C10 (RKL vs FKL, then GRPO); all but C1 on the\nsingle-digit addition testbed.
 
 The statistics and thresholds live in `claims.py` next to each hypothesis; here are the
 experiments (per seed -> numbers) and the text of their raw numbers. C1's null arm is
@@ -16,15 +16,7 @@ from opdkit.lab.claim import Context, fmt, opd, summary, tail_mean
 STEPS = (120, 200)          # OPD steps (quick, full) for every run here
 
 
-# ----------------------------------------------------------------------------- the sampled-token run (C1's null)
-
-def sampled_baseline(ctx: Context, seed: int, start: str) -> dict:
-    """Sampled-token OPD (sound) from `start`; run once per (seed, start) and shared between claims."""
-    key = ("sampled_rkl", seed, start)
-    if key not in ctx.memo:
-        ctx.memo[key] = summary(opd(ctx, seed, f"sampled-{start}", start, "sampled_rkl", steps=ctx.steps(*STEPS)))
-    return ctx.memo[key]
-
+# ----------------------------------------------------------------------------- shared
 
 def arms_text(results: list[dict], arms: dict[str, str]) -> str:
     """'label: held-out accuracy a -> b, P_K/Q_K r, P_K p' per arm, means over seeds."""
@@ -43,10 +35,19 @@ def gain(arm: str) -> Callable[[dict], float]:
 # ----------------------------------------------------------------------------- C1
 
 def run_c1(ctx: Context, seed: int) -> dict:
-    steps = ctx.steps(*STEPS)
-    out = {f"K{k}": summary(opd(ctx, seed, f"C1-unnorm-K{k}", "teacher", "topk_rkl_unnorm", k=k, steps=steps))
+    """Unnormalised top-K (K = 2, 8) and its null, sampled-token OPD, from the carry-task teacher itself."""
+    from opdkit.lab.carry import write_carry_heldout
+    root = ctx.carry_testbed(seed)
+    write_carry_heldout(root, seed)
+    common = dict(steps=ctx.steps(*C1_STEPS), root=root, max_new_tokens=C1_MAX_TOKENS,
+                  extra=("optim.prompts_per_step=16", "optim.micro_batch=16"))
+    out = {f"K{k}": summary(opd(ctx, seed, f"C1-unnorm-K{k}", "teacher", "topk_rkl_unnorm", k=k, **common))
            for k in (2, 8)}
-    return {**out, "null": sampled_baseline(ctx, seed, "teacher")}
+    return {**out, "null": summary(opd(ctx, seed, "C1-null-sampled", "teacher", "sampled_rkl", **common))}
+
+
+C1_STEPS = (100, 160)
+C1_MAX_TOKENS = 40          # the teacher's answers are 14-22 tokens: room to lengthen and to hedge
 
 
 def collapse_or_end(x: dict) -> float:
@@ -56,8 +57,11 @@ def collapse_or_end(x: dict) -> float:
 def describe_c1(results: list[dict]) -> str:
     return (arms_text(results, {"K=2": "K2", "K=8": "K8", "null (sampled-token OPD)": "null"})
             + f"; collapse step K=2 {fmt([r['K2']['collapse_step'] for r in results])}, K=8 "
-            f"{fmt([r['K8']['collapse_step'] for r in results])}; training length K=2 "
-            f"{fmt([r['K2']['len_start'] for r in results])} -> {fmt([r['K2']['len_end'] for r in results])}")
+            f"{fmt([r['K8']['collapse_step'] for r in results])}; held-out sampled length K=2 "
+            f"{fmt([r['K2']['heldout_len_before'] for r in results])} -> {fmt([r['K2']['heldout_len_after'] for r in results])}"
+            f", K=8 {fmt([r['K8']['heldout_len_before'] for r in results])} -> "
+            f"{fmt([r['K8']['heldout_len_after'] for r in results])}; hedge rate (training, per 1,000 words) K=2 "
+            f"{fmt([r['K2']['hedge_start'] for r in results])} -> {fmt([r['K2']['hedge_end'] for r in results])}")
 
 
 def c1_null(r: dict) -> dict:
@@ -124,37 +128,41 @@ def c3_null(r: dict) -> dict:
 
 # ----------------------------------------------------------------------------- C5
 
-def hedge_after(s, items: list, first_tokens: list[int]) -> float:
-    """Mean teacher probability of a hedge token right after `first_tokens[i]` as its first answer token."""
+def hedge_after(s, items: list, prefixes: list[str]) -> float:
+    """Mean teacher probability of a hedge token right after `prefixes[i]` as the start of item i's answer."""
     from opdkit.probes import _hedge_probability, hedge_token_ids
     import torch
     prompts = [s.teacher.renderer(it.example) for it in items]
+    cuts = [s.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
     with torch.no_grad():
-        return _hedge_probability(s, s.teacher.model(), prompts, [[t] for t in first_tokens],
-                                  torch.tensor(hedge_token_ids(s.tokenizer)))
+        return _hedge_probability(s, s.teacher.model(), prompts, cuts, torch.tensor(hedge_token_ids(s.tokenizer)))
 
 
 def run_c5(ctx: Context, seed: int) -> dict:
+    """On the carry task: the revising teacher's P(hedge) after a wrong vs the right first column, then
+    OPD (default objective) of the SFT step-300 student toward it."""
     from opdkit.config import load_config
-    from opdkit.lab.testbed import build_hedge_teacher
+    from opdkit.lab.carry import STUDENT_STEPS, build_carry_hedge_teacher, carry_trace, write_carry_heldout
     from opdkit.session import build_session
-    root = ctx.testbed(seed)
-    build_hedge_teacher(root, seed)
+    root = ctx.carry_testbed(seed)
+    write_carry_heldout(root, seed)
+    build_carry_hedge_teacher(root, seed)
+    student = f"student_{STUDENT_STEPS[0]}"
     s = build_session(load_config("distill", overrides=[
-        f"model.student={root / 'student_60'}", f"model.teacher={root / 'teacher_hedge'}", f"data.train={root / 'task.jsonl'}",
-        "rollout.max_new_tokens=6", f"run.out={ctx.out / 'runs' / f'C5-probe-seed{seed}'}"]))
-    digit = lambda d: s.tokenizer(str(d), add_special_tokens=False)["input_ids"][0]
-    right = [digit(it.example.answer) for it in s.items]
-    wrong = [digit((int(it.example.answer) + 3) % 10) for it in s.items]
-    rows = opd(ctx, seed, "C5-hedge", "student_60", "topk_rkl_tail", steps=ctx.steps(*STEPS), teacher="teacher_hedge",
-               max_new_tokens=6).rows
-    return {"hedge_after_wrong": hedge_after(s, s.items, wrong), "hedge_after_right": hedge_after(s, s.items, right),
+        f"model.student={root / student}", f"model.teacher={root / 'teacher_hedge'}", f"data.train={root / 'task.jsonl'}",
+        f"rollout.max_new_tokens={C1_MAX_TOKENS}", f"run.out={ctx.out / 'runs' / f'C5-probe-seed{seed}'}", "run.threads=1"]))
+    items = s.items[:50]
+    firsts = [carry_trace(*(int(x) for x in it.example.prompt.rstrip("=").split("+"))).split(" ")[0] for it in items]
+    wrong = [f"{c.split('=')[0]}={int(c.split('=')[1]) + 1} " for c in firsts]
+    rows = opd(ctx, seed, "C5-hedge", student, "topk_rkl_tail", steps=ctx.steps(*C1_STEPS), teacher="teacher_hedge",
+               max_new_tokens=C1_MAX_TOKENS, root=root, extra=("optim.prompts_per_step=16", "optim.micro_batch=16")).rows
+    return {"hedge_after_wrong": hedge_after(s, items, wrong), "hedge_after_right": hedge_after(s, items, [f + " " for f in firsts]),
             "hedge_rate_start": statistics.fmean(r["diag/hedge_rate"] for r in rows[:3]),
             "hedge_rate_end": tail_mean(rows, "diag/hedge_rate")}
 
 
 def describe_c5(results: list[dict]) -> str:
-    return (f"teacher P(hedge) after a wrong first digit {fmt([r['hedge_after_wrong'] for r in results])} vs after "
+    return (f"teacher P(hedge) after a wrong first column {fmt([r['hedge_after_wrong'] for r in results])} vs after "
             f"the right one {fmt([r['hedge_after_right'] for r in results])}; student hedge rate under OPD "
             f"{fmt([r['hedge_rate_start'] for r in results])} -> {fmt([r['hedge_rate_end'] for r in results])} "
             f"per 1,000 words")

@@ -85,10 +85,12 @@ def claims_html(rows: list[dict]) -> str:
 def write_report(out: Path, rows: list[dict], claims: list[Claim], seeds: list[int],
                  results: dict[str, list[dict]] | None = None) -> Path:
     """Claims table, the probe bars, one curves figure per claim (its runs, first seed), per-run sections."""
-    from opdkit.lab.figures import prefix_bars, self_teacher_bars
+    from opdkit.lab.figures import collapse_clouds, prefix_bars, self_teacher_bars
     from opdkit.report import build_report, curves_section
     results = results or {}
-    bars = prefix_bars(results.get("C4", [])) + self_teacher_bars(results.get("C12", []))
+    c1 = results.get("C1") or [{}]
+    bars = (collapse_clouds(out / "runs" / f"C1-unnorm-K2-seed{seeds[0]}", c1[0].get("K2"))
+            + prefix_bars(results.get("C4", [])) + self_teacher_bars(results.get("C12", [])))
     groups = []
     for claim in claims:
         dirs = [out / "runs" / f"{name}-seed{seeds[0]}" for name in claim.figures]
