@@ -51,9 +51,10 @@ class Context:
         from opdkit.lab.testbed import build_pi_testbed
         return build_pi_testbed(self.out / "cache" / f"pi-testbed-seed{seed}", seed=seed)
 
-    def partial_pi_testbed(self, seed: int) -> Path:
+    def partial_pi_testbed(self, seed: int, shares: tuple[float, float]) -> Path:
         from opdkit.lab.testbed import build_pi_testbed
-        return build_pi_testbed(self.out / "cache" / f"pi-partial-seed{seed}", seed=seed, partial=True)
+        name = f"pi-partial-{shares[0]:g}-{shares[1]:g}-seed{seed}"
+        return build_pi_testbed(self.out / "cache" / name, seed=seed, partial=shares)
 
     def carry_testbed(self, seed: int) -> Path:
         from opdkit.lab.carry import build_carry_testbed

@@ -96,6 +96,8 @@ C10_STATS = [
 C11_STATS = [
     Stat("GRPO's training rule rate in its first 5 steps (reward reachable)", lambda r: r["grpo"]["rule_start"], ">", 0.02,
          precondition=True),
+    Stat("OPSD teacher's sampled rule rate with the rule (not the ceiling)", lambda r: r["teacher_rule"], ">", 0.9,
+         precondition=True),
     Stat("training rule rate at matched sampled tokens: OPSD minus GRPO",
          lambda r: r["self-distill"]["rule_at_matched"] - r["grpo"]["rule_at_matched"], ">", 0.1)]
 C12_STATS = [
@@ -176,8 +178,8 @@ CLAIMS = [
           describe_c10, None, ["C10-rkl", "C10-fkl", "C10-rkl-grpo", "C10-fkl-grpo"]),
     Claim("C11", "OPSD reaches a shared rule faster than GRPO at a matched sampling budget",
           "OPSD is more sample-efficient for shared rules",
-          "the partial PI testbed (the student says '!' unprompted ~15% of the time, so GRPO's exact-match reward on "
-          "'N!' is non-zero from the start): OPSD (16 x 1 samples, the rule as PI) vs GRPO (4 x 4), compared at the "
+          "a PI testbed whose teacher follows the rule fully and whose student says '!' unprompted ~15% of the time "
+          "(GRPO's exact-match reward on 'N!' is non-zero from the start): OPSD (16 x 1 samples, the rule as PI) vs GRPO (4 x 4), compared at the "
           "smaller run's sampled tokens",
           "GRPO against GRPO: no gap (constructed numbers)", C11_STATS, run_c11, describe_c11, None,
           ["C11-self-distill", "C11-grpo"]),

@@ -3,9 +3,10 @@ is not; the student moves toward the consensus), C11 (OPSD vs GRPO at matched sa
 C12 (frozen vs live vs EMA self-teacher, SDFT's comparison).
 
 Every run trains on 20 of the 25 sums (or on the training key items) and is evaluated before and
-after on the 5 held-out sums (`claim.heldout_eval`). C11 and C12 use the partial PI testbed:
-its teacher follows the rule only partly, and its student says "!" unprompted now and then, so
-GRPO has a reward to find and a moving self-teacher has room to differ from the frozen one.
+after on the 5 held-out sums (`claim.heldout_eval`). C11 and C12 use partial PI testbeds whose
+student says "!" unprompted now and then (GRPO has a reward to find); C12's teacher also follows
+the rule only partly (a moving self-teacher has room to differ from the frozen one), C11's fully
+(OPSD's ceiling is not the teacher's own rule rate).
 """
 from __future__ import annotations
 
@@ -123,14 +124,17 @@ def rate_at_tokens(rows: list[dict], budget: int, key: str = "rollout/rule_rate"
 def run_c11(ctx: Context, seed: int) -> dict:
     """OPSD (16 prompts x 1 sample, the rule as PI) vs GRPO (4 prompts x 4 samples, exact-match reward
     on "N!"), same steps; compared at the smaller of the two runs' sampled-token totals."""
-    from opdkit.lab.testbed import RULE
-    root, steps = _split(ctx.partial_pi_testbed(seed), seed), ctx.steps(60, 100)
+    from opdkit.lab.testbed import PARTIAL_C11, RULE
+    root, steps = _split(ctx.partial_pi_testbed(seed, PARTIAL_C11), seed), ctx.steps(60, 100)
     out = {}
     for mode, train, extra in (("self-distill", "sums_train.jsonl", (f"data.pi={RULE}",)),
                                ("grpo", "sums_rule_train.jsonl", ("reward.kind=exact", "rollout.samples_per_prompt=4",
                                                                   "optim.prompts_per_step=4", "optim.micro_batch=16"))):
-        _, _, before, after, rows, _ = _opsd(ctx, seed, f"C11-{mode}", root, train, "sums_heldout.jsonl", steps,
-                                          extra=extra, mode=mode)
+        pre = (lambda s, items: teacher_eval(s, items, seed=seed, check=CHECK)) if mode == "self-distill" else None
+        _, _, before, after, rows, start = _opsd(ctx, seed, f"C11-{mode}", root, train, "sums_heldout.jsonl", steps,
+                                                 extra=extra, mode=mode, pre=pre)
+        if start:
+            out["teacher_rule"] = start["sampled_rule_rate"]
         out[mode] = {"rows": [{k: r.get(k, 0.0) for k in ("rollout/tokens", "rollout/rule_rate")} for r in rows],
                      "tokens_to_rule": tokens_to_reach(rows), "budget": sum(r["rollout/tokens"] for r in rows),
                      "rule_start": statistics.fmean(r.get("rollout/rule_rate", 0.0) for r in rows[:5]),
@@ -145,7 +149,8 @@ def run_c11(ctx: Context, seed: int) -> dict:
 def describe_c11(results: list[dict]) -> str:
     show = lambda mode: ", ".join("never" if r[mode]["tokens_to_rule"] is None else str(r[mode]["tokens_to_rule"])
                                   for r in results)
-    return (f"training rule rate at matched sampled tokens ({fmt([r['matched_tokens'] for r in results])}): OPSD "
+    return (f"OPSD's teacher (with the rule) sampled rule rate {fmt([r.get('teacher_rule') for r in results])}; "
+            f"training rule rate at matched sampled tokens ({fmt([r['matched_tokens'] for r in results])}): OPSD "
             f"{fmt([r['self-distill']['rule_at_matched'] for r in results])}, GRPO "
             f"{fmt([r['grpo']['rule_at_matched'] for r in results])}; GRPO's rule rate in its first 5 steps "
             f"{fmt([r['grpo']['rule_start'] for r in results])}; tokens to a rule rate of 0.8: OPSD {show('self-distill')}, "
@@ -160,8 +165,8 @@ SELF_WEIGHTS = ("frozen", "live", "ema")
 
 def run_c12(ctx: Context, seed: int) -> dict:
     """Shared-rule OPSD on the partial testbed once per self-teacher: frozen initial weights, live, EMA (0.99)."""
-    from opdkit.lab.testbed import RULE
-    root = _split(ctx.partial_pi_testbed(seed), seed)
+    from opdkit.lab.testbed import PARTIAL_C12, RULE
+    root = _split(ctx.partial_pi_testbed(seed, PARTIAL_C12), seed)
     out = {}
     for weights in SELF_WEIGHTS:
         s, items, before, after, _, start = _opsd(ctx, seed, f"C12-{weights}", root, "sums_train.jsonl",

@@ -99,7 +99,8 @@ def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 
 # ----------------------------------------------------------------------------- privileged information
 
 RULE = "always shout."          # the shared rule: answers end with "!"
-PARTIAL_RULE, PARTIAL_BARE = 0.6, 0.15      # the partial testbed's "!" shares with and without the rule
+PARTIAL_C12 = (0.6, 0.15)       # C12's "!" shares of SFT answers with and without the rule: a partial teacher
+PARTIAL_C11 = (1.0, 0.15)       # C11's: a full teacher, and a student that finds "!" by sampling
 KEY_ITEMS, KEY_TRAIN = 30, 20   # items 0-19 train OPSD, 20-29 are held out
 
 
@@ -114,7 +115,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0, partial: bool = False) -> Path:
+def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0,
+                     partial: tuple[float, float] | None = None) -> Path:
     """A teacher that follows a rule when told (`RULE` -> answer + "!") and copies a key from its PI.
 
     SFT data: every sum with and without the rule in front of the question; for every item,
@@ -122,9 +124,9 @@ def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0, part
     so the only way to answer is to copy from the PI. Also writes the OPSD datasets:
     sums.jsonl (no rule), keys_train.jsonl / keys_heldout.jsonl (the true key as `pi`).
 
-    `partial`: the rule is followed only partly, and sometimes without being told (C11, C12):
-    with the rule, PARTIAL_RULE of the SFT answers end with "!"; without it, PARTIAL_BARE do
-    (so sampling finds the rule and GRPO has a reward from the start); no key items.
+    `partial` = (with, without): the shares of SFT answers ending in "!" with and without the rule
+    (C11, C12): a teacher that follows the rule only partly, a student that sometimes says "!"
+    unprompted (so sampling finds the rule and GRPO has a reward from the start); no key items.
     """
     import random
     from opdkit.config import load_config
@@ -133,7 +135,7 @@ def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0, part
 
     root = Path(root)
     marker = root / "pi_testbed.json"
-    spec = {"sft_steps": sft_steps, "seed": seed, "version": 2, **({"partial": [PARTIAL_RULE, PARTIAL_BARE]} if partial else {})}
+    spec = {"sft_steps": sft_steps, "seed": seed, "version": 2, **({"partial": list(partial)} if partial else {})}
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -142,9 +144,10 @@ def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0, part
     rng = random.Random(seed)
     sums = [(f"what is {a} plus {b}?", str(a + b)) for a in range(5) for b in range(5)]
     if partial:       # 20 copies of each prompt, the share of "!" answers as configured
-        rows = [{"prompt": q, "response": ans + ("!" if i < round(20 * PARTIAL_BARE) else "")}
+        with_rule, without = partial
+        rows = [{"prompt": q, "response": ans + ("!" if i < round(20 * without) else "")}
                 for q, ans in sums for i in range(20)]
-        rows += [{"prompt": f"{RULE}\n\n{q}", "response": ans + ("!" if i < round(20 * PARTIAL_RULE) else "")}
+        rows += [{"prompt": f"{RULE}\n\n{q}", "response": ans + ("!" if i < round(20 * with_rule) else "")}
                  for q, ans in sums for i in range(20)]
     else:
         rows = [{"prompt": q, "response": ans} for q, ans in sums]
