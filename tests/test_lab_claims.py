@@ -64,7 +64,7 @@ def test_reproduce_quick_covers_every_claim(tmp_path):
 
 
 def test_tokens_to_reach_and_rate_at_tokens():
-    from opdkit.lab.claims_opsd import rate_at_tokens, tokens_to_reach
+    from opdkit.lab.claims_opsd import mean_rate_within, rate_at_tokens, tokens_to_reach
     rows = [{"rollout/tokens": 10, "rollout/rule_rate": v} for v in (0.0, 0.5, 1.0, 1.0, 1.0)]
     # 3-step means: 0, .25, .5, .83 -> reached after 4 steps = 40 tokens
     assert tokens_to_reach(rows) == 40
@@ -72,3 +72,6 @@ def test_tokens_to_reach_and_rate_at_tokens():
     assert rate_at_tokens(rows, 30) == pytest.approx(0.5)          # steps 1-3 fit in 30 tokens
     assert rate_at_tokens(rows, 35) == pytest.approx(0.5)
     assert rate_at_tokens(rows, 5) == 0.0
+    assert mean_rate_within(rows, 30) == pytest.approx(0.5)        # (0 + .5 + 1) / 3
+    fast = [{"rollout/tokens": 10, "rollout/rule_rate": v} for v in (1.0, 1.0, 1.0)]
+    assert mean_rate_within(fast, 30) > mean_rate_within(rows, 30)  # both end at 1; the faster one scores higher

@@ -87,9 +87,9 @@ CASES = {   # claim: (effect present, effect removed = the null)
             "kl_to_own_teacher_before": 5.0, "kl_to_own_teacher_after": 1.0, "train_before": 0.1, "train_after": 0.9}),
     "C10": ({"rkl": {"avg_at_k": 0.85, "after_grpo": 0.8}, "fkl": {"avg_at_k": 0.7, "after_grpo": 0.9}},
             {"rkl": {"avg_at_k": 0.8, "after_grpo": 0.85}, "fkl": {"avg_at_k": 0.8, "after_grpo": 0.85}}),
-    "C11": ({"grpo": {"rule_start": 0.15, "rule_at_matched": 0.3}, "self-distill": {"rule_at_matched": 0.9},
+    "C11": ({"grpo": {"rule_start": 0.15, "mean_rule_within": 0.3}, "self-distill": {"mean_rule_within": 0.9},
              "teacher_rule": 1.0},
-            {"grpo": {"rule_start": 0.15, "rule_at_matched": 0.5}, "self-distill": {"rule_at_matched": 0.5},
+            {"grpo": {"rule_start": 0.15, "mean_rule_within": 0.5}, "self-distill": {"mean_rule_within": 0.5},
              "teacher_rule": 1.0}),
     "C12": ({"teacher_rule_start": 0.6, "frozen": {"rule_after": 0.55, "acc_before": 0.95, "acc_after": 0.95},
              "live": {"rule_after": 0.8, "acc_before": 0.95, "acc_after": 0.2},
@@ -135,5 +135,42 @@ def test_judge_is_inconclusive_when_seeds_straddle_the_margin():
 def test_a_failed_precondition_makes_the_claim_inconclusive():
     effect = CASES["C4"][0]
     assert verdict_of("C4", seeds(dict(effect, teacher_alone=0.4))) != "reproduced"
-    no_reward = dict(CASES["C11"][0], grpo={"rule_start": 0.0, "rule_at_matched": 0.0})
+    no_reward = dict(CASES["C11"][0], grpo={"rule_start": 0.0, "mean_rule_within": 0.0})
     assert verdict_of("C11", seeds(no_reward)) == "inconclusive"      # GRPO could not find the rule: no test
+
+
+def test_heldout_splits_are_disjoint_and_fixed_per_seed(tmp_path):
+    import json
+    from opdkit.lab.carry import carry_items, write_carry_heldout
+    from opdkit.lab.testbed import HELDOUT, split_task, write_task
+    write_task(tmp_path / "task.jsonl")
+    train, held = split_task(tmp_path, seed=3)
+    prompts = lambda path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+    assert len(prompts(held)) == HELDOUT and len(prompts(train)) == 25 - HELDOUT
+    assert not set(prompts(train)) & set(prompts(held))
+    first = held.read_text()
+    held.unlink()
+    assert split_task(tmp_path, seed=3)[1].read_text() == first          # the same prompts again
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    (carry / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in carry_items(50, seed=1)))
+    heldout = prompts(write_carry_heldout(carry, seed=1, count=20))
+    assert len(heldout) == 20 and not set(heldout) & set(prompts(carry / "task.jsonl"))
+
+
+def test_revised_trace_writes_a_wrong_first_column_then_wait():
+    from opdkit.lab.carry import revised_trace
+    from opdkit.rewards import numeric_reward
+    assert revised_trace(47, 38) == "7+8=16 wait 15 4+3+1=8 = 85"
+    assert numeric_reward(revised_trace(67, 58), "125") == 1.0
+
+
+def test_word_clouds_at_chosen_steps(tmp_path):
+    import json
+    from opdkit.report import RunData, word_clouds
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 21)))
+    (tmp_path / "samples.jsonl").write_text("".join(
+        json.dumps({"step": s, "texts": [f"seven plus eight step{s}"]}) + "\n" for s in (1, 5, 10, 15, 20)))
+    clouds = word_clouds(RunData(tmp_path), steps=[1, 11, 19])
+    assert [step for step, _ in clouds] == [1, 10, 20]                  # the nearest logged steps
+    assert all(uri.startswith("data:image/png;base64,") for _, uri in clouds)

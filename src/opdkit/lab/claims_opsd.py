@@ -121,6 +121,18 @@ def rate_at_tokens(rows: list[dict], budget: int, key: str = "rollout/rule_rate"
     return statistics.fmean(values[-3:]) if values else 0.0
 
 
+def mean_rate_within(rows: list[dict], budget: int, key: str = "rollout/rule_rate") -> float:
+    """Mean of `key` over the steps whose cumulative sampled tokens are within `budget`: the area under
+    the rate-vs-tokens curve per step, so the faster learner scores higher even when both saturate."""
+    spent, values = 0, []
+    for r in rows:
+        spent += r["rollout/tokens"]
+        if spent > budget:
+            break
+        values.append(r.get(key, 0.0))
+    return statistics.fmean(values) if values else 0.0
+
+
 def run_c11(ctx: Context, seed: int) -> dict:
     """OPSD (16 prompts x 1 sample, the rule as PI) vs GRPO (4 prompts x 4 samples, exact-match reward
     on "N!"), same steps; compared at the smaller of the two runs' sampled-token totals."""
@@ -139,9 +151,12 @@ def run_c11(ctx: Context, seed: int) -> dict:
                      "tokens_to_rule": tokens_to_reach(rows), "budget": sum(r["rollout/tokens"] for r in rows),
                      "rule_start": statistics.fmean(r.get("rollout/rule_rate", 0.0) for r in rows[:5]),
                      "rule_after": after["sampled_rule_rate"]}
-    matched = min(out[m]["budget"] for m in out)
-    for mode in out:
-        out[mode]["rule_at_matched"] = rate_at_tokens(out[mode].pop("rows"), matched)
+    modes = ("self-distill", "grpo")
+    matched = min(out[m]["budget"] for m in modes)
+    for mode in modes:
+        rows = out[mode].pop("rows")
+        out[mode]["rule_at_matched"] = rate_at_tokens(rows, matched)
+        out[mode]["mean_rule_within"] = mean_rate_within(rows, matched)
     out["matched_tokens"] = matched
     return out
 
@@ -150,7 +165,9 @@ def describe_c11(results: list[dict]) -> str:
     show = lambda mode: ", ".join("never" if r[mode]["tokens_to_rule"] is None else str(r[mode]["tokens_to_rule"])
                                   for r in results)
     return (f"OPSD's teacher (with the rule) sampled rule rate {fmt([r.get('teacher_rule') for r in results])}; "
-            f"training rule rate at matched sampled tokens ({fmt([r['matched_tokens'] for r in results])}): OPSD "
+            f"mean training rule rate within the matched sampled tokens ({fmt([r['matched_tokens'] for r in results])}): "
+            f"OPSD {fmt([r['self-distill']['mean_rule_within'] for r in results])}, GRPO "
+            f"{fmt([r['grpo']['mean_rule_within'] for r in results])}; at their end: OPSD "
             f"{fmt([r['self-distill']['rule_at_matched'] for r in results])}, GRPO "
             f"{fmt([r['grpo']['rule_at_matched'] for r in results])}; GRPO's rule rate in its first 5 steps "
             f"{fmt([r['grpo']['rule_start'] for r in results])}; tokens to a rule rate of 0.8: OPSD {show('self-distill')}, "
