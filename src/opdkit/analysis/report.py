@@ -95,13 +95,18 @@ def curves_figure(runs: list[RunData]) -> str | None:
     return _png(fig)
 
 
-def word_clouds(run: RunData, picks: int = 3) -> list[tuple[int, str | None]]:
-    """(step, image or None when there are no words) for the first, middle and last logged sample steps."""
+def word_clouds(run: RunData, picks: int = 3, steps: list[int] | None = None) -> list[tuple[int, str | None]]:
+    """(step, image or None when there are no words) for the first, middle and last logged sample steps,
+    or for the logged sample steps nearest to the given `steps`."""
     from wordcloud import STOPWORDS, WordCloud
     stopwords = set(STOPWORDS) - set(HEDGE_WORDS)       # "but", "maybe" must stay visible
     if not run.samples:
         return []
-    chosen = sorted({run.samples[0]["step"], run.samples[len(run.samples) // 2]["step"], run.samples[-1]["step"]})[:picks]
+    logged = sorted({s["step"] for s in run.samples})
+    if steps:
+        chosen = sorted({min(logged, key=lambda x: abs(x - want)) for want in steps})
+    else:
+        chosen = sorted({run.samples[0]["step"], run.samples[len(run.samples) // 2]["step"], run.samples[-1]["step"]})[:picks]
     out = []
     for step in chosen:
         text = " ".join(t for s in run.samples if s["step"] == step for t in s["texts"])

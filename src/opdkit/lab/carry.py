@@ -25,6 +25,7 @@ from opdkit.lab.tiny import build_tokenizer, save_tiny
 SFT_STEPS = 1200            # the teacher; students are checkpoints at STUDENT_STEPS
 STUDENT_STEPS = (300,)
 MAX_NEW_TOKENS = 24
+HELDOUT = 32                # held-out problems for evaluating OPD on the carry task
 
 
 def carry_trace(a: int, b: int) -> str:
@@ -56,25 +57,28 @@ def carry_items(count: int, seed: int, digits: int = 2) -> list[dict]:
 
 
 def build_carry_testbed(root: str | Path, seed: int = 0, items: int = 200, sft_steps: int = SFT_STEPS,
-                        students: tuple[int, ...] = STUDENT_STEPS) -> Path:
+                        students: tuple[int, ...] = STUDENT_STEPS, init_seed: int | None = None) -> Path:
     """Train the teacher (Qwen2 config, 2 layers, hidden 64) in `root/teacher_run`; export
-    `root/teacher`, `root/student_<step>` and `root/task.jsonl` (the training problems)."""
+    `root/teacher`, `root/student_<step>` and `root/task.jsonl` (the training problems, from `seed`).
+    `init_seed` (default `seed`): the init and SFT seed, so another lineage on the same problems."""
 
     root = Path(root)
     marker = root / "carry_testbed.json"
-    spec = {"seed": seed, "items": items, "sft_steps": sft_steps, "students": sorted(students), "arch": "qwen2"}
+    init_seed = seed if init_seed is None else init_seed
+    spec = {"seed": seed, "items": items, "sft_steps": sft_steps, "students": sorted(students), "arch": "qwen2",
+            **({"init_seed": init_seed} if init_seed != seed else {})}
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return root
     root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(root / "teacher_run", ignore_errors=True)
-    save_tiny(root / "init", layers=2, hidden=64, seed=seed, tokenizer=build_tokenizer(), arch="qwen2")
+    save_tiny(root / "init", layers=2, hidden=64, seed=init_seed, tokenizer=build_tokenizer(), arch="qwen2")
     task = root / "task.jsonl"
     task.write_text("".join(json.dumps(r) + "\n" for r in carry_items(items, seed)))
     run(load_config("sft", overrides=[
         f"model.student={root / 'init'}", f"data.train={task}", f"run.out={root / 'teacher_run'}",
         f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
         f"rollout.max_new_tokens={MAX_NEW_TOKENS}", f"run.save_every={min(students + (sft_steps,))}",
-        f"run.keep_checkpoints={sft_steps}", "run.progress=false", "guard.enabled=false", f"run.seed={seed}",
+        f"run.keep_checkpoints={sft_steps}", "run.progress=false", "guard.enabled=false", f"run.seed={init_seed}",
         "run.threads=1"]))
     export_run(root / "teacher_run", root / "teacher")
     for step in students:
@@ -82,3 +86,48 @@ def build_carry_testbed(root: str | Path, seed: int = 0, items: int = 200, sft_s
     shutil.rmtree(root / "teacher_run" / "checkpoints", ignore_errors=True)      # exported; keep the cache small
     marker.write_text(json.dumps(spec))
     return root
+
+
+def write_carry_heldout(root: Path, seed: int, count: int = HELDOUT) -> Path:
+    """`root/task_heldout.jsonl`: `count` problems that are not among the training problems, and
+    `root/task_train.jsonl` = the training problems (what OPD trains on)."""
+    train = {json.loads(line)["prompt"] for line in (root / "task.jsonl").read_text().splitlines()}
+    out, rows = root / "task_heldout.jsonl", []
+    for row in carry_items(count + len(train), seed + 7):
+        if row["prompt"] not in train and len(rows) < count:
+            rows.append(row)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copyfile(root / "task.jsonl", root / "task_train.jsonl")
+    return out
+
+
+def revised_trace(a: int, b: int) -> str:
+    """The worked answer with a revision: the first column's result written one too high, then
+    ' wait ' and the right result ("7+8=16 wait 15 4+3+1=8 = 85")."""
+    first, _, rest = carry_trace(a, b).partition(" ")
+    lhs, result = first.split("=")
+    return f"{lhs}={int(result) + 1} wait {result} {rest}"
+
+
+def build_carry_hedge_teacher(root: Path, seed: int = 0, sft_steps: int = SFT_STEPS) -> Path:
+    """`root/teacher_hedge`: trained like the carry teacher (same init), on each problem twice plainly
+    and once with a revision (`revised_trace`), so after a wrong first column it says "wait"."""
+    marker, path = root / "hedge_teacher.json", root / "teacher_hedge"
+    if marker.is_file() and json.loads(marker.read_text()) == {"seed": seed, "steps": sft_steps}:
+        return path
+    rows = []
+    for line in (root / "task.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        a, b = (int(x) for x in r["prompt"].rstrip("=").split("+"))
+        rows += [r, r, dict(r, response=revised_trace(a, b))]
+    (root / "task_hedge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.rmtree(root / "hedge_run", ignore_errors=True)
+    run(load_config("sft", overrides=[
+        f"model.student={root / 'init'}", f"data.train={root / 'task_hedge.jsonl'}", f"run.out={root / 'hedge_run'}",
+        f"optim.steps={sft_steps}", "optim.prompts_per_step=16", "optim.micro_batch=16", "optim.lr=3e-3",
+        f"rollout.max_new_tokens={MAX_NEW_TOKENS + 4}", f"run.save_every={sft_steps}", "run.progress=false",
+        "guard.enabled=false", f"run.seed={seed}", "run.threads=1"]))
+    export_run(root / "hedge_run", path)
+    shutil.rmtree(root / "hedge_run" / "checkpoints", ignore_errors=True)
+    marker.write_text(json.dumps({"seed": seed, "steps": sft_steps}))
+    return path

@@ -1,4 +1,5 @@
-"""Lab figures that are not training curves: C4's prefix-probe bars, the OPSD teacher comparison.
+"""Lab figures that are not training curves: C4's prefix-probe bars, the OPSD teacher comparison,
+C1's word clouds of sampled responses before, at and after collapse.
 
 Each returns an HTML fragment with the figure embedded as a PNG data URI (like the rest of
 report.html), or "" when its claim did not run.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import html
 import statistics
 
-from opdkit.analysis.report import _img, _png
+from opdkit.analysis.report import RunData, _img, _png, word_clouds
 
 
 def _bars(labels: list[str], per_seed: list[list[float]], ylabel: str, title: str) -> str:
@@ -50,3 +51,23 @@ def self_teacher_bars(results: list[dict]) -> str:
     per_seed = [[r[w][key] for r in results] for w in weights for key in ("rule_after", "acc_after")]
     title = "C12: after OPSD, by self-teacher weights"
     return f"<h3>{html.escape(title)}</h3>" + _bars(labels, per_seed, "greedy rate after OPSD", title)
+
+
+def collapse_clouds(run_dir, numbers: dict | None) -> str:
+    """C1 (K = 2, first seed): word clouds of the sampled responses at the first logged step, at the
+    collapse step and at the last step (the paper's step 0 / 700 / 1000 figure)."""
+    from pathlib import Path
+    run_dir = Path(run_dir)
+    if not numbers or not (run_dir / "samples.jsonl").is_file():
+        return ""
+    run = RunData(run_dir)
+    last, collapse = run.rows[-1]["step"], numbers.get("collapse_step")
+    wanted = [1, collapse, last] if collapse else [1, last // 2, last]
+    labels = ["before", "at collapse" if collapse else "midway (no collapse)", "after"]
+    clouds = word_clouds(run, steps=wanted)
+    figures = "".join(
+        f"<figure>{_img(uri, f'{label}, step {step}') if uri else '<p>no words</p>'}"
+        f"<figcaption>{label}: step {step}</figcaption></figure>"
+        for label, (step, uri) in zip(labels if len(clouds) == 3 else [""] * len(clouds), clouds))
+    title = "C1 (K = 2): sampled responses before, at and after collapse"
+    return f"<h3>{html.escape(title)}</h3><div class='row'>{figures}</div>"

@@ -56,6 +56,37 @@ def build_testbed(root: str | Path, sft_steps: int = 300, students: tuple[int, .
     return root
 
 
+HELDOUT = 5        # prompts of the 25 held out of OPD (the teacher and the SFT students saw them)
+
+
+def split_task(root: Path, seed: int, name: str = "task") -> tuple[Path, Path]:
+    """<name>_train.jsonl (20 of the 25 prompts: what OPD trains on) and <name>_heldout.jsonl (5: what
+    is evaluated); the same prompts are held out for every file of one seed."""
+    import random
+    train, heldout = root / f"{name}_train.jsonl", root / f"{name}_heldout.jsonl"
+    if not (train.is_file() and heldout.is_file()):
+        rows = (root / f"{name}.jsonl").read_text().splitlines(keepends=True)
+        held = set(random.Random(500 + seed).sample(range(len(rows)), HELDOUT))
+        train.write_text("".join(r for i, r in enumerate(rows) if i not in held))
+        heldout.write_text("".join(r for i, r in enumerate(rows) if i in held))
+    return train, heldout
+
+
+def flat_student(root: Path, name: str, scale: float) -> Path:
+    """`root/<name>_flat`: the student `name` with its output layer scaled by `scale` (< 1: a flatter
+    distribution with the same ranking, so less mass P_K on its top-K)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = root / f"{name}_flat"
+    if not (out / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(root / name)
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(scale)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(root / name).save_pretrained(out)
+    return out
+
+
 def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 5, lr: float = 3e-4,
                   steps: int = 80, teacher: str = "teacher", max_new_tokens: int = 4) -> list[str]:
     """A distill run on the testbed: 32 sampled answers per step, top-K with K = k."""
@@ -69,6 +100,8 @@ def opd_overrides(root: Path, student: str, out: Path, objective: str, k: int = 
 # ----------------------------------------------------------------------------- privileged information
 
 RULE = "always shout."          # the shared rule: answers end with "!"
+PARTIAL_C12 = (0.6, 0.15)       # C12's "!" shares of SFT answers with and without the rule: a partial teacher
+PARTIAL_C11 = (1.0, 0.15)       # C11's: a full teacher, and a student that finds "!" by sampling
 KEY_ITEMS, KEY_TRAIN = 30, 20   # items 0-19 train OPSD, 20-29 are held out
 
 
@@ -83,19 +116,24 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0) -> Path:
+def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0,
+                     partial: tuple[float, float] | None = None) -> Path:
     """A teacher that follows a rule when told (`RULE` -> answer + "!") and copies a key from its PI.
 
     SFT data: every sum with and without the rule in front of the question; for every item,
     three questions "what is the key of item n?" preceded by "the key is k." with random k,
     so the only way to answer is to copy from the PI. Also writes the OPSD datasets:
     sums.jsonl (no rule), keys_train.jsonl / keys_heldout.jsonl (the true key as `pi`).
+
+    `partial` = (with, without): the shares of SFT answers ending in "!" with and without the rule
+    (C11, C12): a teacher that follows the rule only partly, a student that sometimes says "!"
+    unprompted (so sampling finds the rule and GRPO has a reward from the start); no key items.
     """
     import random
 
     root = Path(root)
     marker = root / "pi_testbed.json"
-    spec = {"sft_steps": sft_steps, "seed": seed, "version": 2}
+    spec = {"sft_steps": sft_steps, "seed": seed, "version": 2, **({"partial": list(partial)} if partial else {})}
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -103,10 +141,17 @@ def build_pi_testbed(root: str | Path, sft_steps: int = 600, seed: int = 0) -> P
     save_tiny(root / "init", layers=2, hidden=64, seed=seed, tokenizer=build_tokenizer())
     rng = random.Random(seed)
     sums = [(f"what is {a} plus {b}?", str(a + b)) for a in range(5) for b in range(5)]
-    rows = [{"prompt": q, "response": ans} for q, ans in sums]
-    rows += [{"prompt": f"{RULE}\n\n{q}", "response": ans + "!"} for q, ans in sums]
-    rows += [{"prompt": f"the key is {k}.\n\nwhat is the key of item {n}?", "response": str(k)}
-             for n in range(KEY_ITEMS) for k in rng.sample(range(10), 3)]
+    if partial:       # 20 copies of each prompt, the share of "!" answers as configured
+        with_rule, without = partial
+        rows = [{"prompt": q, "response": ans + ("!" if i < round(20 * without) else "")}
+                for q, ans in sums for i in range(20)]
+        rows += [{"prompt": f"{RULE}\n\n{q}", "response": ans + ("!" if i < round(20 * with_rule) else "")}
+                 for q, ans in sums for i in range(20)]
+    else:
+        rows = [{"prompt": q, "response": ans} for q, ans in sums]
+        rows += [{"prompt": f"{RULE}\n\n{q}", "response": ans + "!"} for q, ans in sums]
+        rows += [{"prompt": f"the key is {k}.\n\nwhat is the key of item {n}?", "response": str(k)}
+                 for n in range(KEY_ITEMS) for k in rng.sample(range(10), 3)]
     _jsonl(root / "sft.jsonl", rows)
     keys = item_keys(seed)
     _jsonl(root / "sums.jsonl", [{"prompt": q, "answer": ans} for q, ans in sums])
