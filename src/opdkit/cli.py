@@ -13,6 +13,7 @@
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
     opdkit lab sweep --out DIR              OPD objectives x starting students on the tiny testbed
+    opdkit lab prefix-source --out DIR      the Decoupling 2x2 (prefix source x KL direction) and a mixture
     opdkit lab reproduce [--quick] [--only C1,C4] --out DIR   the paper's claims: table, claims.json, report.html
 
 Errors in user input (config, data, models, checkpoints) print one message and exit 2.
@@ -30,7 +31,7 @@ from opdkit.config import ConfigError, field_docs, load_config
 from opdkit.data import DataError
 from opdkit.evaluate import evaluate_session, identity_self_test, sample_answers
 from opdkit.export import export_run
-from opdkit.lab import fixed_points, reproduce, sweep
+from opdkit.lab import fixed_points, prefix_source, reproduce, sweep
 from opdkit.models import ModelError
 from opdkit.objectives import describe
 from opdkit.plots import plot_run
@@ -159,6 +160,12 @@ def _lab_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_prefix_source(args: argparse.Namespace) -> int:
+    print(prefix_source.format_table(prefix_source.run_experiment(args.out, seeds=args.seeds, steps=args.steps)))
+    print(f"\nwrote {args.out / 'prefix_source.json'}")
+    return 0
+
+
 def _lab_reproduce(args: argparse.Namespace) -> int:
     rows = reproduce.reproduce(args.out, quick=args.quick, only=args.only, seeds=args.seeds)
     print(reproduce.format_table(rows))
@@ -261,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
     p.add_argument("--steps", type=int, default=150, help="OPD steps per run")
     p.set_defaults(func=_lab_sweep)
+    p = lab.add_parser("prefix-source", help="the Decoupling 2x2 (teacher/student prefixes x FKL/RKL) and a mixture "
+                                             "on the tiny testbed (CPU, a few minutes)")
+    p.add_argument("--out", type=Path, default=Path("runs/prefix-source"), help="output directory")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
+    p.add_argument("--steps", type=int, default=40, help="distillation steps per run")
+    p.set_defaults(func=_lab_prefix_source)
     return parser
 
 

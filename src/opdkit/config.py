@@ -19,7 +19,18 @@ import yaml
 
 from opdkit.checkpoint import atomic_write_text
 from opdkit.guard import Guard
-from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
+from opdkit.objectives import (
+    FULL,
+    OBJECTIVES,
+    TOP_K,
+    accepted_options,
+    make_objective,
+    needs_teacher,
+    prefix_problem,
+    teacher_mismatch,
+    teacher_prefix_objectives,
+)
+from opdkit.prefix import SOURCES
 
 MODES = ("sft", "distill", "self-distill", "grpo")
 # Top-K RKL with a tail bucket: sound (p = q on K and on the tail), works with served
@@ -80,6 +91,10 @@ class RolloutConfig:
     engine: str = doc("sampler: 'hf' (transformers generate) or 'vllm' (colocated vllm.LLM, needs vllm and a GPU)", "hf")
     vllm_memory: float = doc("rollout.engine=vllm: fraction of GPU memory vLLM may take (weights + KV cache)", 0.3)
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
+    source: str = doc("who samples the responses (the prefixes): 'student' (on-policy), 'teacher' (the teacher "
+                      "writes from its own prompt at this temperature and top_p) or 'mix' (opdkit.prefix)", "student")
+    student_fraction: float = doc("rollout.source=mix: probability that a response is student-sampled (GKD's "
+                                  "lmbda), drawn per response, seeded; logged as rollout/student_fraction", 0.5)
 
 
 @dataclass
@@ -181,7 +196,7 @@ CHOICES = {
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
     "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
-    "rollout.engine": ("hf", "vllm"),
+    "rollout.engine": ("hf", "vllm"), "rollout.source": SOURCES,
 }
 
 
@@ -322,8 +337,30 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
         if problem:
             raise ConfigError(problem)
+    validate_source(cfg)
     if cfg.guard.enabled:
         validate_guard(cfg, provides)
+
+
+def validate_source(cfg: Config) -> None:
+    """rollout.source=teacher|mix: a mode, teacher and objective that can learn from teacher-written responses."""
+    r = cfg.rollout
+    if not 0.0 <= r.student_fraction <= 1.0:
+        raise ConfigError(f"rollout.student_fraction must lie in [0, 1], got {r.student_fraction}")
+    if r.source == "student":
+        return
+    where = f"rollout.source={r.source}"
+    if cfg.mode not in ("distill", "self-distill"):
+        fix = "teacher.sft_traces=teacher" if cfg.mode == "sft" else "rollout.source=student"
+        raise ConfigError(f"{where} applies to distill and self-distill; for {cfg.mode} use {fix}")
+    if cfg.teacher.url:
+        raise ConfigError(f"{where} needs a local teacher to write responses (a served teacher only scores them); "
+                          f"unset teacher.url or use rollout.source=student")
+    name = cfg.objective_name
+    problem = prefix_problem(name, cfg.objective.options) if name in OBJECTIVES else None
+    if problem:
+        raise ConfigError(f"{where}: {problem}. Objectives that learn from teacher-sampled responses: "
+                          f"{teacher_prefix_objectives()}")
 
 
 def validate_guard(cfg: Config, provides: str) -> None:
@@ -360,6 +397,8 @@ def validate_guard(cfg: Config, provides: str) -> None:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
         problem = teacher_mismatch(target, options, provides)
+        if problem is None and cfg.rollout.source != "student":
+            problem = prefix_problem(target, options)
         if problem:
             raise ConfigError(f"{where}: {problem}")
 

@@ -212,6 +212,10 @@ TOP_K = "top-k"            # the teacher's top-k and its log q of the sampled to
 NO_TEACHER = "none"        # sft, grpo
 # Top-K RKL supports that need log q at the student's own top-K ids, which only a full teacher has.
 FULL_SUPPORTS = ("student", "union")
+# Which prefixes an objective can learn from (rollout.source, opdkit.prefix).
+ANY_PREFIX = "any"         # a divergence at each position: holds whoever wrote y_<t
+RATIO = "ratio"            # policy gradient on y_t: needs y_t from the student or the unclipped ratio p/mu
+STUDENT_ONLY = "student"   # group advantages over the student's own samples
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,7 @@ class ObjectiveSpec:
     description: str
     fixed_point: str
     support_decides: bool = False     # top-K RKL: FULL_SUPPORTS need FULL, the others TOP_K
+    prefixes: str = ANY_PREFIX        # ANY_PREFIX | RATIO | STUDENT_ONLY: see prefix_problem
 
     def needs(self, options: dict) -> str:
         """What the teacher must provide for this objective with `options` (FULL, TOP_K or NO_TEACHER)."""
@@ -240,7 +245,7 @@ def _topk(fn, fixed, sound, description, fixed_point) -> ObjectiveSpec:
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "sampled_rkl": ObjectiveSpec(sampled_rkl, {}, TOP_K, True,
         "Sampled-token RKL, policy-gradient form -sg(log q - log p)(y) log p(y); optional ratio vs sampler",
-        "p = q (unbiased estimate of the full RKL gradient)"),
+        "p = q (unbiased estimate of the full RKL gradient)", prefixes=RATIO),
     "rkl": ObjectiveSpec(rkl, {}, FULL, True, "Full-vocabulary reverse KL(p || q)", "p = q"),
     "fkl": ObjectiveSpec(fkl, {}, FULL, True, "Full-vocabulary forward KL(q || p)", "p = q"),
     "jsd": ObjectiveSpec(jsd, {}, FULL, True,
@@ -270,7 +275,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         "p = the data distribution"),
     "grpo": ObjectiveSpec(grpo, {}, NO_TEACHER, None,
         "GRPO policy gradient with group-relative advantages, PPO clip vs the sampler",
-        "maximises expected verifiable reward"),
+        "maximises expected verifiable reward", prefixes=STUDENT_ONLY),
 }
 
 OPTION_CHOICES = {"support": topk_lib.SUPPORTS, "norm": topk_lib.NORMS}
@@ -362,14 +367,40 @@ def teacher_mismatch(name: str, options: dict, provides: str) -> str | None:
             f"its top-k; use one of {topk_teacher_objectives()}, or a local teacher")
 
 
+def prefix_problem(name: str, options: dict) -> str | None:
+    """Why objective `name` cannot learn from teacher-sampled responses (rollout.source=teacher|mix); None if it can.
+
+    The sampler's recorded log mu(y_t) is the teacher's on its rows, so sampled_rkl's importance
+    ratio p(y)/mu(y) makes y_t ~ teacher an unbiased estimate of the RKL gradient at that prefix;
+    a PPO clip truncates the ratio to a trust region around 1, which a teacher's mu is not, so
+    the clipped form is biased there. GRPO's advantages compare the student's own samples.
+    """
+    spec = OBJECTIVES[name]
+    if spec.prefixes == STUDENT_ONLY:
+        return f"objective {name!r} compares the student's own samples (group advantages)"
+    clip = {**spec.options, **options}.get("clip")
+    if spec.prefixes == RATIO and clip is not None:
+        return (f"objective {name!r} with clip={clip} clips the importance ratio p/mu, and on teacher-"
+                f"sampled rows mu is the teacher, far from the student: the clipped gradient is biased; drop the clip")
+    return None
+
+
+def teacher_prefix_objectives() -> str:
+    """The objectives that learn from teacher-sampled prefixes, for messages."""
+    names = [n for n, s in OBJECTIVES.items() if s.teacher != NO_TEACHER and s.prefixes == ANY_PREFIX]
+    return ", ".join(names + ["sampled_rkl without clip", "sft"])
+
+
 def describe() -> str:
     """The table printed by `opdkit objectives`: name, teacher needs, soundness, fixed point."""
     lines = [f"teacher needs: {FULL} = log q at every token (a local teacher); {TOP_K} = its top-k and log q of the "
              f"sampled token (served teachers too); {NO_TEACHER} = no teacher",
-             f"top-K RKL with support={' or '.join(FULL_SUPPORTS)} needs {FULL}", ""]
+             f"top-K RKL with support={' or '.join(FULL_SUPPORTS)} needs {FULL}",
+             "prefixes (rollout.source): any = student, teacher or mix; ratio = student, or teacher/mix without "
+             "clip (importance ratio vs the teacher's sampling log-probs); student = student only", ""]
     for name, s in OBJECTIVES.items():
         sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
         needs = f"{TOP_K} or {FULL}" if s.support_decides else s.teacher
-        lines.append(f"{name:<17} [{needs}; {sound}] {s.description}")
+        lines.append(f"{name:<17} [{needs}; {sound}; prefixes: {s.prefixes}] {s.description}")
         lines.append(f"{'':<17} fixed point: {s.fixed_point}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from opdkit.forward import pack, pad_rows, student_head
 from opdkit.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives import group_advantages
 from opdkit.optim import OptimSettings, grad_norm
+from opdkit.prefix import collect_from_sources, student_fraction
 from opdkit.profile import PhaseTimer
 from opdkit.reduction import token_weights
 from opdkit.rewards import make_check, make_reward
@@ -59,6 +60,7 @@ class StepSettings:
     hedge_words: tuple[str, ...]
     check: str                    # rule check ('' = none)
     optim: OptimSettings
+    student_fraction: float = 1.0  # rollout.source: 1 student, 0 teacher, else mix (opdkit.prefix)
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
@@ -66,7 +68,8 @@ class StepSettings:
         return cls(cfg.mode, cfg.optim.prompts_per_step, r.samples_per_prompt if cfg.mode != "sft" else 1,
                    cfg.optim.micro_batch, r.temperature, r.top_p, r.record_topk, cfg.teacher.sft_traces,
                    cfg.reward.kind, o.chunked, o.chunk_rows, o.mask_special, cfg.run.diagnostics,
-                   tuple(cfg.run.hedge_words), cfg.run.check, OptimSettings.from_config(cfg))
+                   tuple(cfg.run.hedge_words), cfg.run.check, OptimSettings.from_config(cfg),
+                   student_fraction(r.source, r.student_fraction))
 
 
 # ----------------------------------------------------------------------------- responses
@@ -81,6 +84,12 @@ def collect(s: Session, c: StepSettings, items: list, max_new_tokens: int, salt:
     expanded = [it for it in items for _ in range(c.group)]
     if c.mode == "sft":
         return sft_targets(s, c, expanded, max_new_tokens)
+    if c.student_fraction < 1.0:        # teacher-written prefixes for some rows (rollout.source)
+        out = collect_from_sources(s, expanded, c.student_fraction, c.micro_batch, salt, first * c.group,
+                                   max_new_tokens=max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                                   record_topk=c.record_topk)
+        out.meta = [it.example for it in expanded]
+        return out
     model, parts = s.rollout_model(), []
     for i, chunk in enumerate(batches(expanded, c.micro_batch)):
         seed = None if salt is None else salt + first * c.group + i * c.micro_batch
@@ -200,7 +209,10 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
     keep = first_special_mask(rollouts.response_ids, special, width) if special else None
     masked = 0 if keep is None else int((keep == 0).sum())
     local_tokens = sum(len(r) for r in rollouts.response_ids) - masked
-    step_tokens = torch.tensor(max(1.0, s.dist.sum([local_tokens])[0]))   # sync: the global token count
+    student_rows = len(rollouts) if rollouts.from_student is None else sum(rollouts.from_student)
+    global_tokens, student_rows, all_rows = s.dist.sum([local_tokens, student_rows, len(rollouts)])  # sync, once
+    step_tokens = torch.tensor(max(1.0, global_tokens))
+    sources = {} if c.mode == "sft" else {"rollout/student_fraction": student_rows / max(1.0, all_rows)}
     s.student.train()
     losses, sums, counts = [], {}, []
     slices = _row_slices(len(rollouts), c.micro_batch)
@@ -240,7 +252,7 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
     metrics = {"train/loss": loss_total, "train/grad_norm": norm, "train/lr": optimizer.param_groups[0]["lr"],
                "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
                "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
-               "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
+               "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked, **sources,
                **timer.metrics(), "time/step_s": time.perf_counter() - t0,
                **reward_metrics, **getattr(s.sampler, "metrics", {}), **{f"diag/{k}": v for k, v in responses.items()},
                **{f"diag/{k}": v for k, v in token_means.items()}}

@@ -1,0 +1,127 @@
+"""Whose samples form the prefixes: `rollout.source` = student | teacher | mix.
+
+The Decoupling paper separates the prefix source (who wrote y_<t) from the token-level KL
+direction at each position. opdkit's objectives are per position, so any of them can be
+applied on teacher-written prefixes; only the policy-gradient ones care who sampled y_t
+itself (`opdkit.objectives.prefix_problem` says which, checked at config load).
+
+- Each response is student-sampled with probability `rollout.student_fraction` (GKD's
+  `lmbda`): one draw per response from a generator seeded by (step salt, the response's
+  global index), so a run is reproducible and ranks under torchrun draw independently
+  (their global indices differ) without sharing a random stream.
+- Teacher rows are sampled by the same `HFSampler` code at `rollout.temperature` and
+  `rollout.top_p`, from the teacher's own prompt (PI included); the recorded log mu(y_t)
+  is then the teacher's sampling distribution, which is the behaviour policy of that row.
+  The student is trained on (its own prompt, the teacher's response).
+- `DECOUPLING_CELLS`: the four named cells of the 2x2 as config overrides (examples/decoupling.md).
+
+A teacher with another tokenizer plugs in here: it would sample text, which is re-tokenised
+by the student's tokenizer before it joins the batch (`teacher_rollouts` is the one place).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+
+from opdkit.checkpoint import seeded
+from opdkit.rollout import HFSampler, Rollouts
+
+SOURCES = ("student", "teacher", "mix")
+
+# The Decoupling 2x2: prefix source x KL direction, as config overrides on a distill config.
+DECOUPLING_CELLS = {
+    "teacher_fkl": {"rollout.source": "teacher", "objective.name": "fkl",
+                    "why": "teacher prefixes + forward KL: supervised KD (SFT on teacher samples with soft targets)"},
+    "teacher_rkl": {"rollout.source": "teacher", "objective.name": "rkl",
+                    "why": "teacher prefixes + reverse KL: mode-seeking targets on the teacher's states"},
+    "student_fkl": {"rollout.source": "student", "objective.name": "fkl",
+                    "why": "student prefixes + forward KL: DAgger-like, mass-covering targets on the student's states"},
+    "student_rkl": {"rollout.source": "student", "objective.name": "rkl",
+                    "why": "student prefixes + reverse KL: on-policy distillation (OPD)"},
+}
+
+
+def student_fraction(source: str, fraction: float) -> float:
+    """The share of student-sampled responses a source means (mix: the configured fraction)."""
+    return {"student": 1.0, "teacher": 0.0}.get(source, fraction)
+
+
+def draw_student_rows(salt: int, first: int, n: int, fraction: float) -> list[bool]:
+    """For responses with global indices first .. first+n-1: True where the student samples it.
+
+    String seeds are hashed (SHA-512) by `random.Random`, so (salt, index) pairs never collide.
+    """
+    if fraction >= 1.0:
+        return [True] * n
+    if fraction <= 0.0:
+        return [False] * n
+    return [random.Random(f"prefix:{salt}:{first + i}").random() < fraction for i in range(n)]
+
+
+def sample_rows(sampler, model, prompts: list[list[int]], rows: list[int], micro_batch: int, salt: int | None,
+                first: int, **sampling) -> Rollouts:
+    """Sample `prompts` (one per entry of `rows`, the responses' step-local indices) in micro-batches,
+    each under the seed salt + the global index of its first response."""
+    parts = []
+    for start in range(0, len(prompts), micro_batch):
+        seed = None if salt is None else salt + first + rows[start]
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            parts.append(sampler.sample(model, prompts[start:start + micro_batch], **sampling))
+    return Rollouts.concat(parts)
+
+
+def teacher_rollouts(s, items: list, rows: list[int], micro_batch: int, salt: int | None, first: int,
+                     **sampling) -> Rollouts:
+    """The teacher writes responses to its own prompts of `items`; prompt_ids are the student's.
+
+    Always the HF sampler (a vLLM sampler holds only the student's weights). The teacher's
+    context is entered (a LoRA self-teacher samples with its adapters off).
+    """
+    sampler = s.sampler if isinstance(s.sampler, HFSampler) else HFSampler(s.tokenizer.eos_token_id,
+                                                                           s.tokenizer.pad_token_id)
+    prompts = [s.teacher.renderer(it.example) for it in items]
+    with s.teacher.context():
+        out = sample_rows(sampler, s.teacher.model(), prompts, rows, micro_batch, salt, first, **sampling)
+    out.prompt_ids = [list(it.prompt_ids) for it in items]
+    return out
+
+
+def collect_from_sources(s, items: list, fraction: float, micro_batch: int, salt: int | None, first: int,
+                         **sampling) -> Rollouts:
+    """One response per item, each from the student (probability `fraction`) or the teacher, in item order.
+
+    Returns Rollouts with `from_student` set per row.
+    """
+    from_student = draw_student_rows(0 if salt is None else salt, first, len(items), fraction)
+    pieces = []
+    for mine in (True, False):
+        rows = [i for i, f in enumerate(from_student) if f == mine]
+        if not rows:
+            continue
+        chosen = [items[i] for i in rows]
+        if mine:
+            part = sample_rows(s.sampler, s.rollout_model(), [it.prompt_ids for it in chosen], rows, micro_batch,
+                               salt, first, **sampling)
+        else:
+            part = teacher_rollouts(s, chosen, rows, micro_batch, salt, first, **sampling)
+        pieces.append((rows, part))
+    out = in_order(pieces, len(items))
+    out.from_student = from_student
+    return out
+
+
+def in_order(pieces: list[tuple[list[int], Rollouts]], n: int) -> Rollouts:
+    """Rollouts whose row i is row j of the piece that lists i at position j."""
+    where = {i: (part, j) for rows, part in pieces for j, i in enumerate(rows)}
+    keep_topk = all(part.topk_ids is not None for _, part in pieces)
+    out = Rollouts([], [], [], [], [] if keep_topk else None, [] if keep_topk else None)
+    for i in range(n):
+        part, j = where[i]
+        out.prompt_ids.append(part.prompt_ids[j])
+        out.response_ids.append(part.response_ids[j])
+        out.sampler_logprobs.append(part.sampler_logprobs[j])
+        out.finished.append(part.finished[j])
+        if keep_topk:
+            out.topk_ids.append(part.topk_ids[j])
+            out.topk_logprobs.append(part.topk_logprobs[j])
+    return out
