@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "on the tiny testbed (CPU, a few minutes)")
     p.add_argument("--out", type=Path, default=Path("runs/prefix-source"), help="output directory")
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
-    p.add_argument("--steps", type=int, default=40, help="distillation steps per run")
+    p.add_argument("--steps", type=int, default=60, help="distillation steps per run")
     p.set_defaults(func=_lab_prefix_source)
     return parser
 

@@ -5,7 +5,7 @@
 Start: the testbed's step-60 SFT student (a partly trained student of the addition task),
 the SFT teacher (greedy accuracy 1.0). Cells (`opdkit.prefix.DECOUPLING_CELLS`): teacher or
 student prefixes x forward (fkl) or reverse (rkl) full-vocabulary KL, and `mix`: half the
-responses student-sampled, kl_mix with lam = 0.5. Each cell runs STEPS steps (32 responses
+responses student-sampled, kl_mix with lam = 0.5. Each cell runs 60 steps (32 responses
 per step, lr 3e-4, guard off) from the same student for each seed, and is evaluated before
 and after on the 25 task prompts: greedy accuracy and eval/teacher_kl, the token-mean
 KL(student || teacher) on the student's own samples (the states it visits at test time).
@@ -48,7 +48,8 @@ def cell_overrides(root: Path, out: Path, cell: dict, seed: int, steps: int) -> 
 
 
 def run_cell(root: Path, out: Path, cell: dict, seed: int, steps: int) -> dict:
-    rows = run(load_config("distill", overrides=cell_overrides(root, out, cell, seed, steps)))
+    run(load_config("distill", overrides=cell_overrides(root, out, cell, seed, steps)))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]   # step 0's eval too
     evals = [r for r in rows if "eval/accuracy" in r]
     start, end = evals[0], evals[-1]
     fractions = [r["rollout/student_fraction"] for r in rows if "rollout/student_fraction" in r]
@@ -57,7 +58,7 @@ def run_cell(root: Path, out: Path, cell: dict, seed: int, steps: int) -> dict:
             "student_fraction": sum(fractions) / len(fractions)}
 
 
-def run_experiment(out: str | Path, seeds: int = 3, steps: int = 40) -> dict:
+def run_experiment(out: str | Path, seeds: int = 3, steps: int = 60) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     root = build_testbed(out / "testbed", students=(60,))
