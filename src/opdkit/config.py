@@ -19,6 +19,7 @@ import yaml
 
 from opdkit.checkpoint import atomic_write_text
 from opdkit.guard import Guard
+from opdkit.multiteacher import COMBINES, TeacherSettings, check_teachers
 from opdkit.objectives import (
     FULL,
     OBJECTIVES,
@@ -61,6 +62,9 @@ class ModelConfig:
     lora_r: int = doc("LoRA rank through peft (0: train all weights)", 0)
     lora_alpha: int = doc("LoRA alpha", 16)
     lora_targets: list = doc("module names LoRA adapts", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    teachers: dict = doc("several teachers for `distill`: name -> local HF directory / .gguf, or 'self' (the student "
+                         "shown PI, teacher.self_weights); routed or mixed by teacher.combine (opdkit.multiteacher)",
+                         factory=dict)
     teacher_template: str = doc("whose chat template renders the teacher's prompt when templates differ: "
                                 "'' (refuse), 'student' or 'teacher'", "")
 
@@ -114,6 +118,11 @@ class TeacherConfig:
     url: str = doc("a served teacher: base URL of a vLLM OpenAI-compatible server (http://host:8000/v1) that serves "
                    "model.teacher; scored through prompt logprobs, top-k only (opdkit.served)", "")
     top_k: int = doc("top-k log-probs asked from a served teacher (vLLM caps it at the server's --max-logprobs)", 20)
+    combine: str = doc("model.teachers: 'route' (each example's teacher.route_field names its teacher) or 'mixture' "
+                       "(every token: the renormalised weighted geometric mean of the teachers)", "route")
+    route_field: str = doc("model.teachers with combine=route: the data key naming each example's teacher", "teacher")
+    weights: dict = doc("model.teachers with combine=mixture: name -> weight (>= 0, summing to > 0; missing: 1)",
+                        factory=dict)
     sft_traces: str = doc("SFT targets: 'data' (the response field) or 'teacher' (greedy teacher answers)", "data")
 
 
@@ -196,7 +205,7 @@ CHOICES = {
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
     "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
-    "rollout.engine": ("hf", "vllm"), "rollout.source": SOURCES,
+    "rollout.engine": ("hf", "vllm"), "rollout.source": SOURCES, "teacher.combine": COMBINES,
 }
 
 
@@ -309,7 +318,7 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     """Cross-field checks, each naming the keys involved."""
     if not cfg.model.student:
         raise ConfigError("model.student is required (a local HF directory or a .gguf file)")
-    if cfg.mode == "distill" and not cfg.model.teacher:
+    if cfg.mode == "distill" and not (cfg.model.teacher or cfg.model.teachers):
         raise ConfigError("`distill` needs model.teacher; for a self-teacher with PI use `opdkit self-distill`")
     if cfg.mode == "self-distill" and not (cfg.data.pi or cfg.data.pi_field):
         raise ConfigError("`self-distill` needs privileged information: data.pi or a data.pi_field in the data")
@@ -338,6 +347,10 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         if problem:
             raise ConfigError(problem)
     validate_source(cfg)
+    problem = check_teachers(TeacherSettings.from_config(cfg), cfg.mode, cfg.rollout.source, bool(cfg.model.teacher),
+                             cfg.teacher.url, bool(cfg.data.pi or cfg.data.pi_field))
+    if problem:
+        raise ConfigError(problem)
     if cfg.guard.enabled:
         validate_guard(cfg, provides)
 

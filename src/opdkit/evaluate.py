@@ -15,7 +15,9 @@ from opdkit.data import batches
 from opdkit.diagnostics import hedge_rate
 from opdkit.forward import model_head, pack
 from opdkit.logprobs import chunked_objective_loss
+from opdkit.multiteacher import member_kls
 from opdkit.objectives import make_objective
+from opdkit.prefix import teacher_rollouts
 from opdkit.rewards import make_check, make_reward
 from opdkit.rollout import Rollouts
 from opdkit.scores import ObjectiveInputs
@@ -92,11 +94,14 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
     with seeded(seed):
         out = answer_metrics(s, _generate(s, items, greedy=True, max_new_tokens=n), items)
         if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
-            out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False, max_new_tokens=n))
-            if teacher_side:
-                with torch.no_grad(), s.teacher.context():
-                    written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items],
-                                        max_new_tokens=n)
+            sampled = _generate(s, items, greedy=False, max_new_tokens=n)
+            out["teacher_kl"] = teacher_kl(s, s.teacher, sampled)
+            out.update(member_kls(s.teacher, sampled, lambda member, rows: teacher_kl(s, member, rows)))
+            if teacher_side and getattr(s.teacher, "combine", "route") == "route":    # a mixture has no one writer
+                with torch.no_grad():
+                    written = teacher_rollouts(s, items, list(range(len(items))), s.cfg.optim.micro_batch, None, 0,
+                                               greedy=True, max_new_tokens=n or s.cfg.rollout.max_new_tokens,
+                                               temperature=1.0, top_p=1.0)
                 out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
         return out
 

@@ -79,11 +79,27 @@ def teacher_rollouts(s, items: list, rows: list[int], micro_batch: int, salt: in
     """
     sampler = s.sampler if isinstance(s.sampler, HFSampler) else HFSampler(s.tokenizer.eos_token_id,
                                                                            s.tokenizer.pad_token_id)
-    prompts = [s.teacher.renderer(it.example) for it in items]
-    with s.teacher.context():
-        out = sample_rows(sampler, s.teacher.model(), prompts, rows, micro_batch, salt, first, **sampling)
+    pieces = []
+    for teacher, positions in writers(s.teacher, [it.example for it in items]):
+        prompts = [teacher.renderer(items[j].example) for j in positions]
+        with teacher.context():
+            part = sample_rows(sampler, teacher.model(), prompts, [rows[j] for j in positions], micro_batch, salt,
+                               first, **sampling)
+        pieces.append((positions, part))
+    out = in_order(pieces, len(items))
     out.prompt_ids = [list(it.prompt_ids) for it in items]
     return out
+
+
+def writers(teacher, examples: list) -> list[tuple[object, list[int]]]:
+    """(teacher that writes, positions of the examples it writes): routed teachers each write their own."""
+    members = getattr(teacher, "members", None)
+    if members is None:
+        return [(teacher, list(range(len(examples))))]
+    groups = {}
+    for j, example in enumerate(examples):
+        groups.setdefault(teacher.member_name(example), []).append(j)
+    return [(members[name], positions) for name, positions in groups.items()]
 
 
 def collect_from_sources(s, items: list, fraction: float, micro_batch: int, salt: int | None, first: int,

@@ -24,6 +24,7 @@ from opdkit.data import batches
 from opdkit.diagnostics import entropy_gap, response_diagnostics
 from opdkit.forward import pack, pad_rows, student_head
 from opdkit.logprobs import chunked_objective_loss, objective_loss
+from opdkit.multiteacher import local_models, per_teacher_means, per_teacher_sums
 from opdkit.objectives import group_advantages
 from opdkit.optim import OptimSettings, grad_norm
 from opdkit.prefix import collect_from_sources, student_fraction
@@ -167,7 +168,7 @@ def micro_batch_backward(s: Session, c: StepSettings, state: RunState, rollouts:
         behaviour_logprobs=pad_rows(rollouts.sampler_logprobs[rows], width).to(device) if c.mode != "sft" else None,
         advantages=None if advantages is None else advantages[rows].to(device).unsqueeze(-1).expand(-1, width).contiguous())
     if state.needs_teacher:
-        shares_student = s.teacher.model() is s.student         # live / LoRA self-teacher: FSDP must gather
+        shares_student = any(m is s.student for m in local_models(s.teacher))   # live / LoRA self-teacher: FSDP gathers
         with timer("teacher"), s.dist.full_weights() if shares_student else contextlib.nullcontext():
             scores = s.teacher.score(rollouts.meta[rows], responses)      # lazy for a local teacher: no (N, T, V)
         inputs = replace(inputs, teacher=scores.to(device))
@@ -226,6 +227,8 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
             gap = entropy_gap(result.metrics)
             for k, v in {**result.metrics, **({"entropy_gap": gap} if gap is not None else {})}.items():
                 sums.setdefault(k, []).append((v * mask).sum())
+            for k, v in per_teacher_sums(s.teacher, rollouts.meta[rows], result, mask).items():
+                sums.setdefault(k, []).append(v)
     s.student.eval()
     with timer("optimizer"):
         keys = sorted(sums)                           # sync: global loss and token sums, in one transfer
@@ -279,7 +282,7 @@ def _step_diagnostics(s: Session, c: StepSettings, max_new_tokens: int, rollouts
         reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
     if rewards is not None:
         reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
-    token_means = {k: v / max(counts, 1.0) for k, v in sums.items()}
+    token_means = per_teacher_means({k: v / max(counts, 1.0) for k, v in sums.items()})
     if "p_k" in token_means and token_means.get("q_k", 0) > 0:
         # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0
         token_means["pk_qk_ratio"] = token_means["p_k"] / token_means["q_k"]
