@@ -103,3 +103,31 @@ def test_bad_several_teacher_input_is_one_line_through_the_cli(tiny_dir, tmp_pat
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith("opdkit: error:") and says in lines[0]
+
+
+@pytest.mark.slow
+def test_two_routed_experts_teach_both_halves_better_than_either_alone(testbed, tmp_path):
+    """Experts on even / odd answers (each 1.0 on its half, 0.0 on the other), routed by the data's
+    teacher field: the student ends better on both halves than a student taught by either alone."""
+    from opdkit.export import export_run
+    from opdkit.lab.experts import HALVES, build_experts, greedy_accuracy
+    experts = build_experts(testbed)
+
+    def distill(name: str, teacher: str, data: str) -> dict[str, float]:
+        out = tmp_path / name
+        run(load_config("distill", overrides=[
+            f"model.student={testbed / 'student_60'}", teacher, f"data.train={testbed / data}", f"run.out={out}", "optim.steps=60", "optim.prompts_per_step=32",
+            "optim.micro_batch=32", "optim.lr=3e-4", "rollout.max_new_tokens=4", "rollout.source=teacher",
+            "objective.name=fkl", "run.save_every=60", "run.progress=false", "run.threads=1", "guard.enabled=false"]))
+        export_run(out, tmp_path / f"{name}-model")
+        return {h: greedy_accuracy(tmp_path / f"{name}-model", testbed / f"half_{h}.jsonl") for h in HALVES}
+
+    routed = distill("routed", f"model.teachers={json.dumps({h: str(p) for h, p in experts.items()})}", "routed.jsonl")
+    alone = {h: distill(f"only-{h}", f"model.teacher={experts[h]}", "task.jsonl") for h in HALVES}
+    start = {h: greedy_accuracy(testbed / "student_60", testbed / f"half_{h}.jsonl") for h in HALVES}
+    print({"start": start, "routed": routed, "alone": alone})
+    for h in HALVES:
+        other = next(x for x in HALVES if x != h)
+        assert routed[h] > start[h]
+        assert routed[h] > alone[other][h] + 0.2        # the expert of the other half teaches this half wrongly
+    assert min(routed.values()) > max(min(a.values()) for a in alone.values()) + 0.2
