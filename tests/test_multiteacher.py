@@ -116,7 +116,8 @@ def test_two_routed_experts_teach_both_halves_better_than_either_alone(testbed, 
     def distill(name: str, teacher: str, data: str) -> dict[str, float]:
         out = tmp_path / name
         run(load_config("distill", overrides=[
-            f"model.student={testbed / 'student_60'}", teacher, f"data.train={testbed / data}", f"run.out={out}", "optim.steps=60", "optim.prompts_per_step=32",
+            f"model.student={testbed / 'student_60'}", teacher, f"data.train={testbed / data}", f"run.out={out}",
+            "optim.steps=60", "optim.prompts_per_step=32",
             "optim.micro_batch=32", "optim.lr=3e-4", "rollout.max_new_tokens=4", "rollout.source=teacher",
             "objective.name=fkl", "run.save_every=60", "run.progress=false", "run.threads=1", "guard.enabled=false"]))
         export_run(out, tmp_path / f"{name}-model")
