@@ -101,6 +101,9 @@ def _preflight(args: argparse.Namespace) -> int:
     cfg = load_config(args.mode, args.config, args.overrides)
     s = build_session(cfg)
     print(f"vocabulary: {s.vocab} ids scored; prompts: {len(s.items)} kept, {s.skipped_prompts} over the limit")
+    members = getattr(s.teacher, "members", None)
+    if members:               # each was preflighted against the student; their problems name the teacher
+        print(f"teachers ({s.teacher.combine}): {', '.join(members)}, each preflighted against the student")
     for note in s.report.notes:
         print(f"note: {note}")
     kl = identity_self_test(s)

@@ -397,7 +397,9 @@ def describe() -> str:
              f"sampled token (served teachers too); {NO_TEACHER} = no teacher",
              f"top-K RKL with support={' or '.join(FULL_SUPPORTS)} needs {FULL}",
              "prefixes (rollout.source): any = student, teacher or mix; ratio = student, or teacher/mix without "
-             "clip (importance ratio vs the teacher's sampling log-probs); student = student only", ""]
+             "clip (importance ratio vs the teacher's sampling log-probs); student = student only",
+             "several teachers (model.teachers, local or self): full, so every objective, routed or as a geometric "
+             "mixture; a served teacher only alone", ""]
     for name, s in OBJECTIVES.items():
         sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
         needs = f"{TOP_K} or {FULL}" if s.support_decides else s.teacher
