@@ -223,7 +223,7 @@ def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
     return out
 
 
-PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy")
+PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy", "negative_reward", "teacher_logprob")
 
 
 def per_teacher_sums(teacher, examples: list[Example], result, mask: torch.Tensor) -> dict[str, torch.Tensor]:
