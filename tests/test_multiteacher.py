@@ -76,6 +76,8 @@ def test_routed_run_logs_per_teacher_metrics_and_resumes_with_an_ema_self_teache
     assert row["diag/teacher/tutor/share"] + row["diag/teacher/me/share"] == pytest.approx(1.0)
     assert row["diag/teacher/tutor/loss"] > 0 and "diag/teacher/me/overlap" in row
     assert 0.0 <= row["diag/teacher/tutor/negative_reward"] <= 1.0          # the reward sign, per teacher
+    parts = sum(row[f"diag/teacher/{n}/share"] * row[f"diag/teacher/{n}/loss"] for n in ("tutor", "me"))
+    assert parts == pytest.approx(row["train/loss"], rel=1e-4)               # each teacher's token mean, re-weighted
     assert "eval/teacher_kl/tutor" in row and "eval/teacher_kl/me" in row
     checkpoint = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))[-1]
     assert (checkpoint / "teacher_ema-me.safetensors").is_file()
