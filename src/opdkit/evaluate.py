@@ -99,9 +99,9 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
             out.update(member_kls(s.teacher, sampled, lambda member, rows: teacher_kl(s, member, rows)))
             if teacher_side and getattr(s.teacher, "combine", "route") == "route":    # a mixture has no one writer
                 with torch.no_grad():
-                    written = teacher_rollouts(s, items, list(range(len(items))), s.cfg.optim.micro_batch, None, 0,
-                                               greedy=True, max_new_tokens=n or s.cfg.rollout.max_new_tokens,
-                                               temperature=1.0, top_p=1.0)
+                    written = teacher_rollouts(s, items, s.cfg.optim.micro_batch, None, greedy=True,
+                                               max_new_tokens=n or s.cfg.rollout.max_new_tokens, temperature=1.0,
+                                               top_p=1.0)
                 out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
         return out
 

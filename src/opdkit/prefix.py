@@ -58,34 +58,32 @@ def draw_student_rows(salt: int, first: int, n: int, fraction: float) -> list[bo
     return [random.Random(f"prefix:{salt}:{first + i}").random() < fraction for i in range(n)]
 
 
-def sample_rows(sampler, model, prompts: list[list[int]], rows: list[int], micro_batch: int, salt: int | None,
-                first: int, **sampling) -> Rollouts:
-    """Sample `prompts` (one per entry of `rows`, the responses' step-local indices) in micro-batches,
-    each under the seed salt + the global index of its first response."""
-    parts = []
-    for start in range(0, len(prompts), micro_batch):
-        seed = None if salt is None else salt + first + rows[start]
-        with seeded(seed) if seed is not None else contextlib.nullcontext():
-            parts.append(sampler.sample(model, prompts[start:start + micro_batch], **sampling))
-    return Rollouts.concat(parts)
+# Teacher writers sample under seed + k * WRITER_SEED (k = 1, 2, ...): never another chunk's student seed.
+WRITER_SEED = 2**32
 
 
-def teacher_rollouts(s, items: list, rows: list[int], micro_batch: int, salt: int | None, first: int,
-                     **sampling) -> Rollouts:
+def sample_seeded(sampler, model, prompts: list[list[int]], seed: int | None, **sampling) -> Rollouts:
+    with seeded(seed) if seed is not None else contextlib.nullcontext():
+        return sampler.sample(model, prompts, **sampling)
+
+
+def teacher_rollouts(s, items: list, micro_batch: int, seed: int | None, **sampling) -> Rollouts:
     """The teacher writes responses to its own prompts of `items`; prompt_ids are the student's.
 
-    Always the HF sampler (a vLLM sampler holds only the student's weights). The teacher's
-    context is entered (a LoRA self-teacher samples with its adapters off).
+    Micro-batch j of each writer samples under seed + k * WRITER_SEED + j * micro_batch (k: the
+    writer). Always the HF sampler (a vLLM sampler holds only the student's weights). The
+    teacher's context is entered (a LoRA self-teacher samples with its adapters off).
     """
     sampler = s.sampler if isinstance(s.sampler, HFSampler) else HFSampler(s.tokenizer.eos_token_id,
                                                                            s.tokenizer.pad_token_id)
     pieces = []
-    for teacher, positions in writers(s.teacher, [it.example for it in items]):
-        prompts = [teacher.renderer(items[j].example) for j in positions]
+    for k, (teacher, positions) in enumerate(writers(s.teacher, [it.example for it in items]), 1):
         with teacher.context():
-            part = sample_rows(sampler, teacher.model(), prompts, [rows[j] for j in positions], micro_batch, salt,
-                               first, **sampling)
-        pieces.append((positions, part))
+            for start in range(0, len(positions), micro_batch):
+                chunk = positions[start:start + micro_batch]
+                prompts = [teacher.renderer(items[j].example) for j in chunk]
+                chunk_seed = None if seed is None else seed + k * WRITER_SEED + start
+                pieces.append((chunk, sample_seeded(sampler, teacher.model(), prompts, chunk_seed, **sampling)))
     out = in_order(pieces, len(items))
     out.prompt_ids = [list(it.prompt_ids) for it in items]
     return out
@@ -106,21 +104,23 @@ def collect_from_sources(s, items: list, fraction: float, micro_batch: int, salt
                          **sampling) -> Rollouts:
     """One response per item, each from the student (probability `fraction`) or the teacher, in item order.
 
-    Returns Rollouts with `from_student` set per row.
+    The micro-batches are the student path's (items [j*mb, (j+1)*mb), seed salt + the global index
+    of the first), each split into its student rows and its teacher rows: a response depends on
+    its global index and the step's salt only, not on the rank that drew it (when micro-batches
+    do not straddle ranks, as for the student path). Returns Rollouts with `from_student` set.
     """
     from_student = draw_student_rows(0 if salt is None else salt, first, len(items), fraction)
+    model = s.rollout_model() if any(from_student) else None
     pieces = []
-    for mine in (True, False):
-        rows = [i for i, f in enumerate(from_student) if f == mine]
-        if not rows:
-            continue
-        chosen = [items[i] for i in rows]
+    for start in range(0, len(items), micro_batch):
+        chunk = range(start, min(len(items), start + micro_batch))
+        seed = None if salt is None else salt + first + start
+        mine = [i for i in chunk if from_student[i]]
+        theirs = [i for i in chunk if not from_student[i]]
         if mine:
-            part = sample_rows(s.sampler, s.rollout_model(), [it.prompt_ids for it in chosen], rows, micro_batch,
-                               salt, first, **sampling)
-        else:
-            part = teacher_rollouts(s, chosen, rows, micro_batch, salt, first, **sampling)
-        pieces.append((rows, part))
+            pieces.append((mine, sample_seeded(s.sampler, model, [items[i].prompt_ids for i in mine], seed, **sampling)))
+        if theirs:
+            pieces.append((theirs, teacher_rollouts(s, [items[i] for i in theirs], micro_batch, seed, **sampling)))
     out = in_order(pieces, len(items))
     out.from_student = from_student
     return out
