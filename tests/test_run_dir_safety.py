@@ -45,8 +45,11 @@ def _wait_for(predicate, what: str, seconds: float = 180) -> None:
 def test_a_second_run_is_refused_at_once_and_ctrl_c_is_one_line(tiny_dir, tmp_path):
     run_dir = tmp_path / "r"
     long_run = engine_overrides(tiny_dir, run_dir, **{"optim.steps": 100000, "run.save_every": 2})
+    # Ctrl-C must reach Python's handler even when this test runs in a background job (`pytest &`),
+    # where the shell starts it, and so every child, with SIGINT ignored.
     first = subprocess.Popen([sys.executable, "-m", "opdkit.cli", "sft", *long_run], stderr=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, text=True)
+                             stdout=subprocess.DEVNULL, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(lambda: checkpoint.latest(run_dir) is not None, "the first run's first checkpoint")
         second = _opdkit("sft", *long_run, "--resume", timeout=120)
