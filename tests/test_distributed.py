@@ -20,7 +20,7 @@ import pytest
 from conftest import engine_overrides
 
 KEYS = ("train/loss", "train/grad_norm", "rollout/tokens", "rollout/length_mean", "reward/mean", "reward/std",
-        "rollout/accuracy")
+        "rollout/accuracy", "rollout/student_fraction")
 
 
 def _launch(mode: str, overrides: list[str], nproc: int, *extra: str) -> None:
@@ -82,6 +82,8 @@ def test_fsdp_two_processes_equal_one_process_and_resume_at_world_size_one(tiny_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,values", [("distill", {"model.teacher": "TEACHER"}),
+                                         ("distill", {"model.teacher": "TEACHER", "rollout.source": "mix",
+                                                      "rollout.student_fraction": 0.5}),
                                          ("grpo", {"rollout.samples_per_prompt": 2, "rollout.temperature": 2.0})])
 def test_sampled_rollouts_do_not_depend_on_world_size(tiny_dir, tmp_path, mode, values):
     values = {k: tiny_dir / "teacher" if v == "TEACHER" else v for k, v in values.items()}

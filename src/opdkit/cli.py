@@ -13,6 +13,7 @@
     opdkit plot RUN_DIR                     metrics.png: loss, length, held-out KL / rule rate / accuracy
     opdkit lab fixed-points --out DIR       gradient descent on logits: each objective's fixed point
     opdkit lab sweep --out DIR              OPD objectives x starting students on the tiny testbed
+    opdkit lab prefix-source --out DIR      the Decoupling 2x2 (prefix source x KL direction) and a mixture
     opdkit lab reproduce [--quick] [--only C1,C4] --out DIR   the paper's claims: table, claims.json, report.html
 
 Errors in user input (config, data, models, checkpoints) print one message and exit 2.
@@ -33,7 +34,7 @@ from opdkit.engine.export import export_run
 from opdkit.engine.runner import run
 from opdkit.engine.session import build_session
 from opdkit.errors import USER_ERRORS, ConfigError, Interrupted, UsageError, no_room
-from opdkit.lab import fixed_points, reproduce, sweep
+from opdkit.lab import fixed_points, prefix_source, reproduce, sweep
 from opdkit.models import checkpoint
 from opdkit.objectives import describe
 from opdkit.recipes.recipe import load_recipe, run_recipe
@@ -101,6 +102,9 @@ def _preflight(args: argparse.Namespace) -> int:
     cfg = load_config(args.mode, args.config, args.overrides)
     s = build_session(cfg)
     print(f"vocabulary: {s.vocab} ids scored; prompts: {len(s.items)} kept, {s.skipped_prompts} over the limit")
+    members = getattr(s.teacher, "members", None)
+    if members:               # each was preflighted against the student; their problems name the teacher
+        print(f"teachers ({s.teacher.combine}): {', '.join(members)}, each preflighted against the student")
     for note in s.report.notes:
         print(f"note: {note}")
     kl = identity_self_test(s)
@@ -157,6 +161,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _lab_sweep(args: argparse.Namespace) -> int:
     print(sweep.format_table(sweep.run_sweep(args.out, steps=args.steps)))
     print(f"\nwrote {args.out / 'sweep.json'}")
+    return 0
+
+
+def _lab_prefix_source(args: argparse.Namespace) -> int:
+    print(prefix_source.format_table(prefix_source.run_experiment(args.out, seeds=args.seeds, steps=args.steps)))
+    print(f"\nwrote {args.out / 'prefix_source.json'}")
     return 0
 
 
@@ -280,6 +290,12 @@ def _add_lab_commands(lab) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
     p.add_argument("--steps", type=int, default=150, help="OPD steps per run")
     p.set_defaults(func=_lab_sweep)
+    p = lab.add_parser("prefix-source", help="the Decoupling 2x2 (teacher/student prefixes x FKL/RKL) and a mixture "
+                                             "on the tiny testbed (CPU, a few minutes)")
+    p.add_argument("--out", type=Path, default=Path("runs/prefix-source"), help="output directory")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
+    p.add_argument("--steps", type=int, default=60, help="distillation steps per run")
+    p.set_defaults(func=_lab_prefix_source)
 
 
 def _quiet_transformers() -> None:

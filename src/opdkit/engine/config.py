@@ -18,8 +18,10 @@ from typing import Any, get_origin, get_type_hints
 import yaml
 
 from opdkit.engine.config_checks import validate
+from opdkit.engine.prefix import SOURCES
 from opdkit.errors import ConfigError
 from opdkit.models.checkpoint import atomic_write_text
+from opdkit.models.multiteacher import COMBINES
 
 MODES = ("sft", "distill", "self-distill", "grpo")
 # Top-K RKL with a tail bucket: sound (p = q on K and on the tail), works with served
@@ -46,6 +48,9 @@ class ModelConfig:
     lora_r: int = doc("LoRA rank through peft (0: train all weights)", 0)
     lora_alpha: int = doc("LoRA alpha", 16)
     lora_targets: list = doc("module names LoRA adapts", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    teachers: dict = doc("several teachers for `distill`: name -> local HF directory / .gguf, or 'self' (the student "
+                         "shown PI, teacher.self_weights); routed or mixed by teacher.combine (opdkit.models.multiteacher)",
+                         factory=dict)
     teacher_template: str = doc("whose chat template renders the teacher's prompt when templates differ: "
                                 "'' (refuse), 'student' or 'teacher'", "")
 
@@ -76,6 +81,10 @@ class RolloutConfig:
     engine: str = doc("sampler: 'hf' (transformers generate) or 'vllm' (colocated vllm.LLM, needs vllm and a GPU)", "hf")
     vllm_memory: float = doc("rollout.engine=vllm: fraction of GPU memory vLLM may take (weights + KV cache)", 0.3)
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
+    source: str = doc("who samples the responses (the prefixes): 'student' (on-policy), 'teacher' (the teacher "
+                      "writes from its own prompt at this temperature and top_p) or 'mix' (opdkit.engine.prefix)", "student")
+    student_fraction: float = doc("rollout.source=mix: probability that a response is student-sampled (GKD's "
+                                  "lmbda), drawn per response, seeded; logged as rollout/student_fraction", 0.5)
 
 
 @dataclass
@@ -95,6 +104,11 @@ class TeacherConfig:
     url: str = doc("a served teacher: base URL of a vLLM OpenAI-compatible server (http://host:8000/v1) that serves "
                    "model.teacher; scored through prompt logprobs, top-k only (opdkit.models.served)", "")
     top_k: int = doc("top-k log-probs asked from a served teacher (vLLM caps it at the server's --max-logprobs)", 20)
+    combine: str = doc("model.teachers: 'route' (each example's teacher.route_field names its teacher) or 'mixture' "
+                       "(every token: the renormalised weighted geometric mean of the teachers)", "route")
+    route_field: str = doc("model.teachers with combine=route: the data key naming each example's teacher", "teacher")
+    weights: dict = doc("model.teachers with combine=mixture: name -> weight (>= 0, summing to > 0; missing: 1)",
+                        factory=dict)
     sft_traces: str = doc("SFT targets: 'data' (the response field) or 'teacher' (greedy teacher answers)", "data")
 
 
@@ -179,7 +193,7 @@ CHOICES = {
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
     "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
-    "rollout.engine": ("hf", "vllm"),
+    "rollout.engine": ("hf", "vllm"), "rollout.source": SOURCES, "teacher.combine": COMBINES,
 }
 
 

@@ -2,7 +2,8 @@
 
 Each check names the keys involved and the fix: required keys per mode, ranges, the objective
 and its options, whether the teacher can provide what the objective needs (a served teacher
-has only its top-k), and the guard's rules with their switch objectives.
+has only its top-k), the prefix source (rollout.source) and several teachers (model.teachers), and the
+guard's rules with their switch objectives.
 """
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from typing import TYPE_CHECKING
 
 from opdkit.engine.guard import Guard
 from opdkit.errors import ConfigError
-from opdkit.objectives import FULL, OBJECTIVES, TOP_K, accepted_options, make_objective, needs_teacher, teacher_mismatch
+from opdkit.models.multiteacher import TeacherSettings, check_teachers
+from opdkit.objectives import (
+    FULL,
+    OBJECTIVES,
+    TOP_K,
+    accepted_options,
+    make_objective,
+    needs_teacher,
+    prefix_problem,
+    teacher_mismatch,
+    teacher_prefix_objectives,
+)
 
 if TYPE_CHECKING:
     from opdkit.engine.config import Config
@@ -22,7 +34,7 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     """Cross-field checks, each naming the keys involved."""
     if not cfg.model.student:
         raise ConfigError("model.student is required (a local HF directory or a .gguf file)")
-    if cfg.mode == "distill" and not cfg.model.teacher:
+    if cfg.mode == "distill" and not (cfg.model.teacher or cfg.model.teachers):
         raise ConfigError("`distill` needs model.teacher; for a self-teacher with PI use `opdkit self-distill`")
     if cfg.mode == "self-distill" and not (cfg.data.pi or cfg.data.pi_field):
         raise ConfigError("`self-distill` needs privileged information: data.pi or a data.pi_field in the data")
@@ -52,6 +64,11 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
     if problem:
         raise ConfigError(problem)
+    validate_source(cfg)
+    problem = check_teachers(TeacherSettings.from_config(cfg), cfg.mode, cfg.rollout.source, bool(cfg.model.teacher),
+                             cfg.teacher.url, bool(cfg.data.pi or cfg.data.pi_field))
+    if problem:
+        raise ConfigError(problem)
     validate_guard(cfg, provides)
 
 
@@ -62,6 +79,27 @@ def validate_objective(name: str, options: dict) -> None:
         make_objective(name, **options)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{key}: {e}") from None
+
+
+def validate_source(cfg: Config) -> None:
+    """rollout.source=teacher|mix: a mode, teacher and objective that can learn from teacher-written responses."""
+    r = cfg.rollout
+    if not 0.0 <= r.student_fraction <= 1.0:
+        raise ConfigError(f"rollout.student_fraction must lie in [0, 1], got {r.student_fraction}")
+    if r.source == "student":
+        return
+    where = f"rollout.source={r.source}"
+    if cfg.mode not in ("distill", "self-distill"):
+        fix = "teacher.sft_traces=teacher" if cfg.mode == "sft" else "rollout.source=student"
+        raise ConfigError(f"{where} applies to distill and self-distill; for {cfg.mode} use {fix}")
+    if cfg.teacher.url:
+        raise ConfigError(f"{where} needs a local teacher to write responses (a served teacher only scores them); "
+                          f"unset teacher.url or use rollout.source=student")
+    name = cfg.objective_name
+    problem = prefix_problem(name, cfg.objective.options) if name in OBJECTIVES else None
+    if problem:
+        raise ConfigError(f"{where}: {problem}. Objectives that learn from teacher-sampled responses: "
+                          f"{teacher_prefix_objectives()}")
 
 
 def validate_guard(cfg: Config, provides: str) -> None:
@@ -101,5 +139,7 @@ def validate_guard(cfg: Config, provides: str) -> None:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
         problem = teacher_mismatch(target, options, provides)
+        if problem is None and cfg.rollout.source != "student":
+            problem = prefix_problem(target, options)
         if problem:
             raise ConfigError(f"{where}: {problem}")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 
 from opdkit.engine.diagnostics import hedge_rate
+from opdkit.engine.prefix import teacher_rollouts
 from opdkit.engine.session import Session, load_items
 from opdkit.models.checkpoint import seeded
 from opdkit.models.forward import model_head, pack
+from opdkit.models.multiteacher import member_kls
 from opdkit.models.rollout import Rollouts
 from opdkit.models.teachers import PromptRenderer, SelfTeacher, Teacher
 from opdkit.objectives import make_objective
@@ -92,11 +94,14 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
     with seeded(seed):
         out = answer_metrics(s, _generate(s, items, greedy=True, max_new_tokens=n), items)
         if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
-            out["teacher_kl"] = teacher_kl(s, s.teacher, _generate(s, items, greedy=False, max_new_tokens=n))
-            if teacher_side:
-                with torch.no_grad(), s.teacher.context():
-                    written = _generate(s, items, True, s.teacher.model(), [s.teacher.renderer(it.example) for it in items],
-                                        max_new_tokens=n)
+            sampled = _generate(s, items, greedy=False, max_new_tokens=n)
+            out["teacher_kl"] = teacher_kl(s, s.teacher, sampled)
+            out.update(member_kls(s.teacher, sampled, lambda member, rows: teacher_kl(s, member, rows)))
+            if teacher_side and getattr(s.teacher, "combine", "route") == "route":    # a mixture has no one writer
+                with torch.no_grad():
+                    written = teacher_rollouts(s, items, s.cfg.optim.micro_batch, None, greedy=True,
+                                               max_new_tokens=n or s.cfg.rollout.max_new_tokens, temperature=1.0,
+                                               top_p=1.0)
                 out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
         return out
 

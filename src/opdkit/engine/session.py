@@ -16,6 +16,7 @@ from opdkit.engine.precheck import check_before_loading, check_k_fits
 from opdkit.errors import ConfigError, DataError
 from opdkit.models.forward import StudentForward
 from opdkit.models.loading import DTYPES, PairReport, load_model, load_tokenizer, preflight
+from opdkit.models.multiteacher import build_multi_teacher, check_routes
 from opdkit.models.rollout import HFSampler, LowPrecisionCopy
 from opdkit.models.served import ServedTeacher
 from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
@@ -90,7 +91,11 @@ def _require_fields(cfg: Config) -> tuple[str, ...]:
 
 def load_items(cfg: Config, path: str, render: PromptRenderer, require: tuple[str, ...] = ()) -> tuple[list[Item], int]:
     d = cfg.data
-    examples = load_jsonl(path, d.prompt_field, d.pi_field, d.answer_field, d.response_field, require)
+    routed = bool(cfg.model.teachers) and cfg.teacher.combine == "route"
+    examples = load_jsonl(path, d.prompt_field, d.pi_field, d.answer_field, d.response_field, require,
+                          cfg.teacher.route_field if routed else "")
+    if routed:
+        check_routes(examples, list(cfg.model.teachers), path)
     items, skipped = prepare_items(examples, render, d.max_prompt_tokens, d.overlong)
     if not items:
         raise DataError(f"every prompt in {path} is longer than data.max_prompt_tokens={d.max_prompt_tokens}; "
@@ -108,6 +113,9 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
         teacher = SelfTeacher(student, renderer, tokenizer.pad_token_id, report_vocab, cfg.teacher.self_weights,
                               cfg.teacher.ema_decay, cfg.teacher.temperature)
         return teacher, tokenizer, PairReport(vocab=report_vocab)
+    if cfg.model.teachers:
+        teacher, report = build_multi_teacher(cfg, student, tokenizer, report_vocab)
+        return teacher, tokenizer, report
     if not cfg.model.teacher:
         return None, None, PairReport(vocab=report_vocab)
     if cfg.teacher.url:        # the same tokenizer is assumed: ids go to the server as they are

@@ -21,10 +21,12 @@ import torch
 
 from opdkit.engine.diagnostics import entropy_gap, response_diagnostics
 from opdkit.engine.optim import OptimSettings, grad_norm
+from opdkit.engine.prefix import collect_from_sources, student_fraction
 from opdkit.engine.runstate import RunState
 from opdkit.engine.session import Session
 from opdkit.models.checkpoint import seeded
 from opdkit.models.forward import pack, pad_rows, student_head
+from opdkit.models.multiteacher import local_models, per_teacher_means, per_teacher_sums
 from opdkit.models.rollout import Rollouts
 from opdkit.objectives import group_advantages
 from opdkit.objectives.logprobs import chunked_objective_loss, objective_loss
@@ -55,6 +57,7 @@ class StepSettings:
     hedge_words: tuple[str, ...]
     check: str                    # rule check ('' = none)
     optim: OptimSettings
+    student_fraction: float = 1.0  # rollout.source: 1 student, 0 teacher, else mix (opdkit.engine.prefix)
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
@@ -62,7 +65,8 @@ class StepSettings:
         return cls(cfg.mode, cfg.optim.prompts_per_step, r.samples_per_prompt if cfg.mode != "sft" else 1,
                    cfg.optim.micro_batch, r.temperature, r.top_p, r.record_topk, cfg.teacher.sft_traces,
                    cfg.reward.kind, o.chunked, o.chunk_rows, o.mask_special, cfg.run.diagnostics,
-                   tuple(cfg.run.hedge_words), cfg.run.check, OptimSettings.from_config(cfg))
+                   tuple(cfg.run.hedge_words), cfg.run.check, OptimSettings.from_config(cfg),
+                   student_fraction(r.source, r.student_fraction))
 
 
 # ----------------------------------------------------------------------------- responses
@@ -77,6 +81,12 @@ def collect(s: Session, c: StepSettings, items: list, max_new_tokens: int, salt:
     expanded = [it for it in items for _ in range(c.group)]
     if c.mode == "sft":
         return sft_targets(s, c, expanded, max_new_tokens)
+    if c.student_fraction < 1.0:        # teacher-written prefixes for some rows (rollout.source)
+        out = collect_from_sources(s, expanded, c.student_fraction, c.micro_batch, salt, first * c.group,
+                                   max_new_tokens=max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                                   record_topk=c.record_topk)
+        out.meta = [it.example for it in expanded]
+        return out
     model, parts = s.rollout_model(), []
     for i, chunk in enumerate(batches(expanded, c.micro_batch)):
         seed = None if salt is None else salt + first * c.group + i * c.micro_batch
@@ -154,7 +164,7 @@ def micro_batch_backward(s: Session, c: StepSettings, state: RunState, rollouts:
         behaviour_logprobs=pad_rows(rollouts.sampler_logprobs[rows], width).to(device) if c.mode != "sft" else None,
         advantages=None if advantages is None else advantages[rows].to(device).unsqueeze(-1).expand(-1, width).contiguous())
     if state.needs_teacher:
-        shares_student = s.teacher.model() is s.student         # live / LoRA self-teacher: FSDP must gather
+        shares_student = any(m is s.student for m in local_models(s.teacher))   # live / LoRA self-teacher: FSDP gathers
         with timer("teacher"), s.dist.full_weights() if shares_student else contextlib.nullcontext():
             scores = s.teacher.score(rollouts.meta[rows], responses)      # lazy for a local teacher: no (N, T, V)
         inputs = replace(inputs, teacher=scores.to(device))
@@ -196,7 +206,10 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
     keep = first_special_mask(rollouts.response_ids, special, width) if special else None
     masked = 0 if keep is None else int((keep == 0).sum())
     local_tokens = sum(len(r) for r in rollouts.response_ids) - masked
-    step_tokens = torch.tensor(max(1.0, s.dist.sum([local_tokens])[0]))   # sync: the global token count
+    student_rows = len(rollouts) if rollouts.from_student is None else sum(rollouts.from_student)
+    global_tokens, student_rows, all_rows = s.dist.sum([local_tokens, student_rows, len(rollouts)])  # sync, once
+    step_tokens = torch.tensor(max(1.0, global_tokens))
+    sources = {} if c.mode == "sft" else {"rollout/student_fraction": student_rows / max(1.0, all_rows)}
     s.student.train()
     losses, sums, counts = [], {}, []
     slices = _row_slices(len(rollouts), c.micro_batch)
@@ -210,6 +223,8 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
             gap = entropy_gap(result.metrics)
             for k, v in {**result.metrics, **({"entropy_gap": gap} if gap is not None else {})}.items():
                 sums.setdefault(k, []).append((v * mask).sum())
+            for k, v in per_teacher_sums(s.teacher, rollouts.meta[rows], result, mask).items():
+                sums.setdefault(k, []).append(v)
     s.student.eval()
     with timer("optimizer"):
         keys = sorted(sums)                           # sync: global loss and token sums, in one transfer
@@ -226,7 +241,7 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
     metrics = {"train/loss": loss_total, "train/grad_norm": norm, "train/lr": optimizer.param_groups[0]["lr"],
                "train/skipped": int(not finite), "train/epoch": stream.epochs_done(),
                "rollout/length_mean": responses["length_mean"], "rollout/eos_rate": responses["eos_rate"],
-               "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked,
+               "rollout/tokens": int(lengths.sum()), "rollout/masked_special": masked, **sources,
                **timer.metrics(), "time/step_s": time.perf_counter() - t0,
                **reward_metrics, **getattr(s.sampler, "metrics", {}), **{f"diag/{k}": v for k, v in responses.items()},
                **{f"diag/{k}": v for k, v in token_means.items()}}
@@ -270,7 +285,7 @@ def _step_diagnostics(s: Session, c: StepSettings, max_new_tokens: int, rollouts
         reward_metrics["rollout/rule_rate"] = sum(map(check, texts)) / len(texts)
     if rewards is not None:
         reward_metrics["rollout/accuracy"] = sum(rewards) / len(rewards)
-    token_means = {k: v / max(counts, 1.0) for k, v in sums.items()}
+    token_means = per_teacher_means({k: v / max(counts, 1.0) for k, v in sums.items()})
     if "p_k" in token_means and token_means.get("q_k", 0) > 0:
         # mean P_K / mean Q_K: the per-token ratio's mean is dominated by tokens where Q_K ~ 0
         token_means["pk_qk_ratio"] = token_means["p_k"] / token_means["q_k"]

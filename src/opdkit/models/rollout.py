@@ -31,6 +31,7 @@ class Rollouts:
     topk_ids: list[Tensor] | None = None              # (len, k)
     topk_logprobs: list[Tensor] | None = None         # (len, k)
     meta: list = field(default_factory=list)          # the source example of each response
+    from_student: list[bool] | None = None            # rollout.source=mix|teacher: who sampled each row
 
     def __len__(self) -> int:
         return len(self.response_ids)

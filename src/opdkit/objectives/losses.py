@@ -226,6 +226,10 @@ TOP_K = "top-k"            # the teacher's top-k and its log q of the sampled to
 NO_TEACHER = "none"        # sft, grpo
 # Top-K RKL supports that need log q at the student's own top-K ids, which only a full teacher has.
 FULL_SUPPORTS = ("student", "union")
+# Which prefixes an objective can learn from (rollout.source, opdkit.engine.prefix).
+ANY_PREFIX = "any"         # a divergence at each position: holds whoever wrote y_<t
+RATIO = "ratio"            # policy gradient on y_t: needs y_t from the student or the unclipped ratio p/mu
+STUDENT_ONLY = "student"   # group advantages over the student's own samples
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,7 @@ class ObjectiveSpec:
     description: str
     fixed_point: str
     support_decides: bool = False     # top-K RKL: FULL_SUPPORTS need FULL, the others TOP_K
+    prefixes: str = ANY_PREFIX        # ANY_PREFIX | RATIO | STUDENT_ONLY: see prefix_problem
 
     def needs(self, options: dict) -> str:
         """What the teacher must provide for this objective with `options` (FULL, TOP_K or NO_TEACHER)."""
@@ -254,7 +259,7 @@ def _topk(fn, fixed, sound, description, fixed_point) -> ObjectiveSpec:
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "sampled_rkl": ObjectiveSpec(sampled_rkl, {}, TOP_K, True,
         "Sampled-token RKL, policy-gradient form -sg(log q - log p)(y) log p(y); optional ratio vs sampler",
-        "p = q (unbiased estimate of the full RKL gradient)"),
+        "p = q (unbiased estimate of the full RKL gradient)", prefixes=RATIO),
     "rkl": ObjectiveSpec(rkl, {}, FULL, True, "Full-vocabulary reverse KL(p || q)", "p = q"),
     "fkl": ObjectiveSpec(fkl, {}, FULL, True, "Full-vocabulary forward KL(q || p)", "p = q"),
     "jsd": ObjectiveSpec(jsd, {}, FULL, True,
@@ -284,7 +289,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         "p = the data distribution"),
     "grpo": ObjectiveSpec(grpo, {}, NO_TEACHER, None,
         "GRPO policy gradient with group-relative advantages, PPO clip vs the sampler",
-        "maximises expected verifiable reward"),
+        "maximises expected verifiable reward", prefixes=STUDENT_ONLY),
 }
 
 OPTION_CHOICES = {"support": topk_lib.SUPPORTS, "norm": topk_lib.NORMS}
@@ -349,41 +354,8 @@ def _validate_options(name: str, options: dict) -> None:
             raise ValueError(f"{name}: {key} must be one of {choices}, got {options[key]!r}")
 
 
-def needs_teacher(name: str) -> bool:
-    return OBJECTIVES[name].teacher != NO_TEACHER
-
-
-def teacher_needs(name: str, options: dict) -> str:
-    """What objective `name` with `options` needs from its teacher: FULL, TOP_K or NO_TEACHER."""
-    return OBJECTIVES[name].needs(options)
-
-
 def topk_teacher_objectives() -> str:
     """The objectives a top-k-only (served) teacher supports, for messages."""
     plain = [n for n, s in OBJECTIVES.items() if s.teacher == TOP_K and not s.support_decides]
     supports = " or ".join(s for s in topk_lib.SUPPORTS if s not in FULL_SUPPORTS)
     return ", ".join(plain + [f"topk_rkl* with support={supports}"])
-
-
-def teacher_mismatch(name: str, options: dict, provides: str) -> str | None:
-    """Why a teacher that provides `provides` (FULL or TOP_K) cannot serve objective `name`; None if it can."""
-    if provides == FULL or teacher_needs(name, options) != FULL:
-        return None
-    spec = OBJECTIVES[name]
-    support = {**spec.options, **options}.get("support", "student")
-    what = f"support={support!r}" if spec.support_decides else "the full vocabulary"
-    return (f"objective {name!r} needs the teacher's log-probabilities over {what}, but a served teacher returns only "
-            f"its top-k; use one of {topk_teacher_objectives()}, or a local teacher")
-
-
-def describe() -> str:
-    """The table printed by `opdkit objectives`: name, teacher needs, soundness, fixed point."""
-    lines = [f"teacher needs: {FULL} = log q at every token (a local teacher); {TOP_K} = its top-k and log q of the "
-             f"sampled token (served teachers too); {NO_TEACHER} = no teacher",
-             f"top-K RKL with support={' or '.join(FULL_SUPPORTS)} needs {FULL}", ""]
-    for name, s in OBJECTIVES.items():
-        sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
-        needs = f"{TOP_K} or {FULL}" if s.support_decides else s.teacher
-        lines.append(f"{name:<17} [{needs}; {sound}] {s.description}")
-        lines.append(f"{'':<17} fixed point: {s.fixed_point}")
-    return "\n".join(lines)

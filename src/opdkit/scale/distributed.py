@@ -40,6 +40,7 @@ from torch import nn
 
 from opdkit.errors import ConfigError
 from opdkit.models import checkpoint
+from opdkit.models.multiteacher import local_models
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -156,9 +157,9 @@ def setup(s, strategy: str = "ddp") -> Dist:
         s.student.to(device)
         if s.rollout_copy is not None:
             s.rollout_copy.model.to(device)
-        teacher = s.teacher.model() if s.teacher is not None else None
-        if teacher is not None and teacher is not s.student:
-            teacher.to(device)          # replicated: every rank holds the whole teacher
+        for teacher in local_models(s.teacher):
+            if teacher is not s.student:
+                teacher.to(device)      # replicated: every rank holds the whole teacher (each of several)
     d = Dist(rank, world, strategy)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel

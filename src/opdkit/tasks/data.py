@@ -25,16 +25,18 @@ class Example:
     pi: str = ""
     answer: str | None = None
     response: str | None = None
+    teacher: str | None = None        # the teacher this example is routed to (model.teachers, teacher.route_field)
 
 
 def load_jsonl(path: str | Path, prompt_field: str = "prompt", pi_field: str = "pi",
                answer_field: str = "answer", response_field: str = "response",
-               require: tuple[str, ...] = ()) -> list[Example]:
+               require: tuple[str, ...] = (), teacher_field: str = "") -> list[Example]:
     """Read examples; `require` lists extra fields every line must have ('answer', 'response')."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset {path} does not exist (set data.train / data.eval to a JSONL file)")
-    names = {"prompt": prompt_field, "pi": pi_field, "answer": answer_field, "response": response_field}
+    names = {"prompt": prompt_field, "pi": pi_field, "answer": answer_field, "response": response_field,
+             "teacher": teacher_field}
     examples = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -74,7 +76,8 @@ def _parse_line(path: Path, lineno: int, line: str, names: dict, require: tuple[
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{path}:{lineno}: field {names['prompt']!r} must be a non-empty string")
     get = lambda role: None if row.get(names[role]) is None else str(row[names[role]])
-    return Example(prompt=value, pi=get("pi") or "", answer=get("answer"), response=get("response"))
+    teacher = get("teacher") if names["teacher"] else None
+    return Example(prompt=value, pi=get("pi") or "", answer=get("answer"), response=get("response"), teacher=teacher)
 
 
 def messages(prompt: str, system: str = "", pi: str = "", pi_placement: str = "system") -> list[dict]:

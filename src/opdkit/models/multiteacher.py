@@ -1,0 +1,283 @@
+"""Several teachers behind the one teacher interface: `model.teachers`, routed or mixed per token.
+
+    model: {teachers: {math: models/math, code: models/code, rules: self}}
+    teacher: {combine: route, route_field: teacher}          # each example names its teacher
+    teacher: {combine: mixture, weights: {math: 2, code: 1}}  # every token: a weighted geometric mean
+
+`MultiTeacher.score` returns one `TeacherScores`, like any teacher, so objectives, the
+chunked path and the training step do not know there are several. Both modes are one lazy
+`Head`: a teacher's logits are h_i W_i^T / T_i (+ b_i / T_i), so any row-wise combination
+sum_i c_ri * logits_i is the linear head [c_r1 h_1/T_1, ..., c_r1/T_1, ...] @ [W_1, ..., b_1, ...]^T
+over the concatenated hidden axis. Routing uses one-hot c_r (row r gets exactly its teacher's
+logits); the mixture uses c_ri = w_i / sum w, whose log-softmax is the renormalised weighted
+geometric mean prod_i q_i^{w_i} / Z (the log Z_i of each teacher cancels in the renormalisation).
+No (N, T, V) tensor is made and the chunked objective resolves it one row chunk at a time.
+
+Why geometric: sum_i w_i KL(p || q_i) = KL(p || q_geo) - log Z (weights summing to 1), so
+reverse-KL distillation into q_geo follows the weighted sum of the per-teacher reverse KLs,
+the objective OPD optimises for one teacher; its minimiser over p is q_geo. It is also the
+consensus OPSD's self-teachers reach: a student distilled by RKL from the same model under
+several PIs converges to the normalised product of those conditionals. The arithmetic mean
+sum w_i q_i is instead the minimiser of the forward KLs (mass-covering: it keeps every
+teacher's modes, including the ones only one teacher believes).
+
+Members are local (a model directory or `self`: the student shown PI); a served teacher
+returns only its top-k, from which neither a full mixture nor a shared head can be built,
+so it is refused in `model.teachers` (`check_teachers`). A teacher with another tokenizer
+would be a member whose `score` already returns scores at the student's tokens (issue 16,
+part 3); routing needs nothing more, a mixture needs its scores over the student's vocabulary.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from opdkit.errors import DataError
+from opdkit.models.loading import PairReport, load_model, load_tokenizer, preflight
+from opdkit.models.rollout import Rollouts
+from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher
+from opdkit.objectives.scores import Head, TeacherScores
+from opdkit.tasks.data import Example
+
+COMBINES = ("route", "mixture")
+SELF = "self"
+NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """What the several-teacher code reads from the config, as values."""
+
+    paths: dict           # name -> local path or 'self'
+    combine: str          # route | mixture
+    route_field: str      # data key naming each example's teacher (route)
+    weights: dict         # name -> mixture weight (mixture; missing names weigh 1)
+
+    @classmethod
+    def from_config(cls, cfg) -> "TeacherSettings":
+        return cls(dict(cfg.model.teachers), cfg.teacher.combine, cfg.teacher.route_field, dict(cfg.teacher.weights))
+
+    def normalised_weights(self) -> dict[str, float]:
+        raw = {name: float(self.weights.get(name, 1.0)) for name in self.paths}
+        total = sum(raw.values())
+        return {name: w / total for name, w in raw.items()}
+
+
+def check_teachers(s: TeacherSettings, mode: str, source: str, has_teacher: bool, url: str, has_pi: bool) -> str | None:
+    """Why the several-teacher settings cannot run; None when they can (called at config load)."""
+    if not s.paths:
+        return "teacher.weights needs model.teachers" if s.weights else None
+    if mode != "distill":
+        return f"model.teachers is for `distill` (got `{mode}`); self-distill has one self-teacher"
+    if has_teacher or url:
+        return "set model.teachers or model.teacher/teacher.url, not both"
+    for name, path in s.paths.items():
+        if not NAME.match(str(name)):
+            return f"model.teachers: name {name!r} must be letters, digits, '_' or '-'"
+        if not isinstance(path, str) or not path:
+            return f"model.teachers.{name} must be a local model path or 'self', got {path!r}"
+        if path.startswith(("http://", "https://")):
+            return (f"model.teachers.{name} is served ({path}): a served teacher returns only its top-k, so it "
+                    f"cannot join a mixture (the geometric mean is over the full vocabulary) nor share the routed "
+                    f"head; use it alone as model.teacher + teacher.url")
+    if SELF in s.paths.values() and not has_pi:
+        return "model.teachers has 'self' (the student shown PI), which needs data.pi or a data.pi_field"
+    if s.combine == "route":
+        if s.weights:
+            return "teacher.weights applies to teacher.combine=mixture; routed examples use their own teacher"
+        if not s.route_field:
+            return "teacher.combine=route needs teacher.route_field (the data key naming each example's teacher)"
+        return None
+    unknown = sorted(set(s.weights) - set(s.paths))
+    if unknown:
+        return f"teacher.weights names {unknown}, which are not in model.teachers ({', '.join(s.paths)})"
+    values = [s.weights.get(n, 1.0) for n in s.paths]
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in values):
+        return f"teacher.weights must be numbers >= 0, got {s.weights}"
+    if not sum(values) > 0:
+        return f"teacher.weights must sum to a positive number, got {s.weights}"
+    if source != "student":
+        return (f"rollout.source={source} with teacher.combine=mixture: sampling from a product of teachers is not "
+                f"implemented; route the teachers or use rollout.source=student")
+    return None
+
+
+def check_routes(examples: list[Example], names: list[str], path: str) -> None:
+    """Every example names a configured teacher (DataError otherwise, naming the example and the fix)."""
+    for i, e in enumerate(examples, 1):
+        if e.teacher not in names:
+            what = "names no teacher" if e.teacher is None else f"names teacher {e.teacher!r}"
+            raise DataError(f"{path}: example {i} {what}, which is not in model.teachers ({', '.join(names)}); "
+                            f"add it there or fix the example's teacher field")
+
+
+def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport]:
+    """Each configured teacher, preflighted against the student (problems named per teacher), and one report:
+    the smallest shared vocabulary, every teacher's masked special ids and notes."""
+    d, t = cfg.data, cfg.teacher
+    members, report = {}, PairReport(vocab=vocab)
+    for name, path in cfg.model.teachers.items():
+        if path == SELF:
+            renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+            members[name] = SelfTeacher(student, renderer, tokenizer.pad_token_id, vocab, t.self_weights, t.ema_decay,
+                                        t.temperature)
+            continue
+        teacher_tok, model = load_tokenizer(path), load_model(path, cfg.model.teacher_dtype or cfg.model.dtype)
+        pair = preflight(tokenizer, teacher_tok, student, model, cfg.model.teacher_template)
+        pair.problems = [f"teacher {name!r}: {p}" for p in pair.problems]
+        pair.raise_if_bad()
+        template_tok = tokenizer if cfg.model.teacher_template == "student" else teacher_tok
+        renderer = PromptRenderer(template_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+        members[name] = (model, renderer)
+        report.vocab = min(report.vocab, pair.vocab)
+        report.masked_special_ids = sorted(set(report.masked_special_ids) | set(pair.masked_special_ids))
+        report.notes += [f"teacher {name!r}: {n}" for n in pair.notes]
+    for name, member in members.items():          # the shared vocabulary is known only now
+        if isinstance(member, tuple):
+            members[name] = ModelTeacher(member[0], member[1], tokenizer.pad_token_id, report.vocab, t.temperature)
+        else:
+            member.vocab = report.vocab
+    return members, report
+
+
+def build_multi_teacher(cfg, student, tokenizer, vocab: int) -> tuple["MultiTeacher", PairReport]:
+    members, report = build_members(cfg, student, tokenizer, vocab)
+    settings = TeacherSettings.from_config(cfg)
+    return MultiTeacher(members, settings.combine, settings.normalised_weights()), report
+
+
+class MultiTeacher:
+    """Several local teachers as one: routed by `Example.teacher`, or a weighted geometric mixture."""
+
+    provides = "full"
+
+    def __init__(self, members: dict, combine: str, weights: dict[str, float] | None = None):
+        self.members, self.combine = members, combine
+        self.weights = weights or {}
+
+    def member_name(self, example: Example) -> str:
+        return example.teacher
+
+    @property
+    def renderer(self):
+        """The prompt a routed example's teacher sees; for a mixture, the first member's."""
+        if self.combine == "route":
+            return lambda example: self.members[example.teacher].renderer(example)
+        return next(iter(self.members.values())).renderer
+
+    def model(self):
+        """None: there is no single model (routed rows are written per member: `opdkit.engine.prefix.writers`)."""
+        return None
+
+    def context(self):
+        return contextlib.nullcontext()        # each member enters its own context when it scores
+
+    def score(self, examples: list[Example], responses: list[list[int]]) -> TeacherScores:
+        width = max(1, max(len(r) for r in responses))
+        if self.combine == "route":
+            groups = {name: [i for i, e in enumerate(examples) if e.teacher == name] for name in self.members}
+        else:
+            groups = {name: list(range(len(examples))) for name in self.members}
+        heads, coefficients = {}, {}
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            member = self.members[name]
+            heads[name] = member.score([examples[i] for i in rows], [responses[i] for i in rows]).head
+            weight = 1.0 if self.combine == "route" else self.weights[name]
+            coefficients[name] = (rows, weight)
+        return TeacherScores(head=block_head(heads, coefficients, len(examples), width))
+
+    def after_step(self, student) -> None:
+        for member in self.members.values():
+            member.after_step(student)
+
+    def checkpoint_modules(self) -> dict:
+        return {f"{key}-{name}": module for name, member in self.members.items()
+                for key, module in member.checkpoint_modules().items()}
+
+
+def local_models(teacher) -> list:
+    """Every local model behind `teacher` (each member's for several teachers; none for a served one)."""
+    if teacher is None:
+        return []
+    members = getattr(teacher, "members", None)
+    models = [m.model() for m in members.values()] if members is not None else [teacher.model()]
+    return [m for m in models if m is not None]
+
+
+def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
+    """Several teachers: {'teacher_kl/<name>': kl(member, its rows)}, on each teacher's routed rows
+    (route) or on every row (mixture); {} for one teacher."""
+    members = getattr(teacher, "members", None)
+    out = {}
+    for name, member in (members or {}).items():
+        rows = [i for i, e in enumerate(sampled.meta) if teacher.combine == "mixture" or e.teacher == name]
+        if rows:
+            pick = lambda values: [values[i] for i in rows]       # noqa: E731
+            subset = Rollouts(pick(sampled.prompt_ids), pick(sampled.response_ids), pick(sampled.sampler_logprobs),
+                              pick(sampled.finished), meta=pick(sampled.meta))
+            out[f"teacher_kl/{name}"] = kl(member, subset)
+    return out
+
+
+PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy", "negative_reward", "teacher_logprob")
+
+
+def per_teacher_sums(teacher, examples: list[Example], result, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Routed teachers: masked sums of per-token values over each teacher's rows, and its token count
+    ("teacher/<name>/<key>", "teacher/<name>/tokens"); {} for anything else."""
+    if getattr(teacher, "combine", None) != "route":
+        return {}
+    values = {"loss": result.per_token, **result.metrics}
+    out = {}
+    for name in teacher.members:
+        rows = torch.tensor([e.teacher == name for e in examples], dtype=mask.dtype, device=mask.device)
+        own = mask * rows.unsqueeze(-1)
+        out[f"teacher/{name}/tokens"] = own.sum()
+        out.update({f"teacher/{name}/{k}": (values[k] * own).sum() for k in PER_TEACHER if k in values})
+    return out
+
+
+def per_teacher_means(token_means: dict[str, float]) -> dict[str, float]:
+    """Turn the step's per-teacher sums (already divided by the step's tokens) into each teacher's own
+    token means, and its token count into `teacher/<name>/share` (its share of the step's tokens)."""
+    shares = {k[:-len("/tokens")]: v for k, v in token_means.items() if k.startswith("teacher/") and k.endswith("/tokens")}
+    out = {}
+    for key, value in token_means.items():
+        prefix = key.rsplit("/", 1)[0]
+        if prefix in shares and not key.endswith("/tokens"):
+            out[key] = value / shares[prefix] if shares[prefix] > 0 else float("nan")
+        elif prefix not in shares:
+            out[key] = value
+    out.update({f"{prefix}/share": share for prefix, share in shares.items()})
+    return out
+
+
+def block_head(heads: dict[str, Head], coefficients: dict[str, tuple[list[int], float]], n: int, width: int) -> Head:
+    """One Head whose logits at row r are sum_i c_ri * (h_i W_i^T + b_i) / T_i over the members i.
+
+    heads[i].hidden is (len(rows_i), R_i, H_i) for the rows listed in coefficients[i] (with
+    weight c); every other row has c_ri = 0. Biases become a constant input column each.
+    """
+    dtype = torch.promote_types(*[h.weight.dtype for h in heads.values()]) if len(heads) > 1 else \
+        next(iter(heads.values())).weight.dtype
+    device = next(iter(heads.values())).weight.device
+    sizes = [h.hidden.shape[-1] + (h.bias is not None) for h in heads.values()]
+    hidden = torch.zeros(n, width, sum(sizes), dtype=dtype, device=device)
+    weights, offset = [], 0
+    for (name, head), size in zip(heads.items(), sizes):
+        rows, c = coefficients[name]
+        index = torch.tensor(rows, device=device)
+        h = head.hidden.shape[-1]
+        scale = c / head.temperature
+        hidden[index, :head.hidden.shape[1], offset:offset + h] = head.hidden.to(dtype) * scale
+        weights.append(head.weight.to(dtype))
+        if head.bias is not None:
+            hidden[index, :, offset + h] = scale
+            weights.append(head.bias.to(dtype).unsqueeze(-1))
+        offset += size
+    return Head(hidden, torch.cat(weights, dim=-1), None, 1.0)
