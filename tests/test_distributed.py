@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import engine_overrides
 
 KEYS = ("train/loss", "train/grad_norm", "rollout/tokens", "rollout/length_mean", "reward/mean", "reward/std",
@@ -99,3 +100,18 @@ def test_uneven_prompts_per_rank_is_refused():
     with pytest.raises(ValueError, match="multiple of the world size 2"):
         Dist(rank=0, world=2).shard([1, 2, 3])
     assert Dist(rank=1, world=2).shard([1, 2, 3, 4]) == ([3, 4], 2)
+
+
+@pytest.mark.gpu
+def test_one_process_on_a_gpu_machine_trains_on_the_gpu(tiny_dir, tmp_path):
+    """Found in session 4: only the torchrun path placed the models, so `opdkit distill` on one GPU
+    trained on the CPU. Run the real entry point in this process and look at where the weights live."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from opdkit.engine.config import load_config
+    from opdkit.engine.session import build_session
+    from opdkit.scale import distributed
+    cfg = load_config("sft", None, engine_overrides(tiny_dir, tmp_path / "gpu", **{"optim.steps": 1}))
+    s = build_session(cfg)
+    distributed.setup(s, cfg.run.parallel)
+    assert next(s.student.parameters()).is_cuda

@@ -129,10 +129,23 @@ def _sum_hook(_state, bucket):
     return fut.then(lambda f: f.value()[0])
 
 
+def place_models(s, device: torch.device) -> None:
+    """Student, its rollout copy and every local teacher on `device` (in place: the optimizer's
+    parameters stay the same objects). Inputs follow the models' device downstream."""
+    s.student.to(device)
+    if s.rollout_copy is not None:
+        s.rollout_copy.model.to(device)
+    for teacher in local_models(s.teacher):
+        if teacher is not s.student:
+            teacher.to(device)          # replicated: every rank holds the whole teacher (each of several)
+
+
 def setup(s, strategy: str = "ddp") -> Dist:
     """Join the torchrun job (if any), place the models and wrap the student's training forward."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
+        if torch.cuda.is_available():       # one process on a GPU machine trains on the GPU, not the CPU
+            place_models(s, torch.device("cuda", torch.cuda.current_device()))
         s.dist = Dist()
         return s.dist
     if strategy not in STRATEGIES:
@@ -154,12 +167,7 @@ def setup(s, strategy: str = "ddp") -> Dist:
     if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-        s.student.to(device)
-        if s.rollout_copy is not None:
-            s.rollout_copy.model.to(device)
-        for teacher in local_models(s.teacher):
-            if teacher is not s.student:
-                teacher.to(device)      # replicated: every rank holds the whole teacher (each of several)
+        place_models(s, device)
     d = Dist(rank, world, strategy)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
