@@ -40,6 +40,8 @@ class ModelConfig:
     student: str = doc("student: a local HF model directory or a .gguf file", "")
     teacher: str = doc("teacher for `distill` (same forms as student); empty for self-distill", "")
     drop_layers_every: int = doc("build the student by keeping every n-th decoder layer of `student` (0: keep all)", 0)
+    drop_layers: list = doc("build the student by removing these decoder layers of `student` (0-based indices, "
+                            "e.g. [12, 13, 14, 15]; [] keeps all)", factory=list)
     dtype: str = doc("float32 | bfloat16 | float16 for both models", "float32")
     teacher_dtype: str = doc("the teacher's dtype when it differs from `dtype` ('' = same), e.g. bfloat16 to halve "
                              "its memory; the objective still works in fp32 on its log-probs", "")
@@ -303,6 +305,7 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    _validate_drop_layers(cfg.model.drop_layers, cfg.model.drop_layers_every)
     if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
         raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
     for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
@@ -313,6 +316,18 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         raise ConfigError(f"rollout.top_p must lie in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be positive (greedy decoding is for eval only)")
+
+
+def _validate_drop_layers(indices: list, every: int) -> None:
+    """Integers >= 0, no repeats, not combined with drop_layers_every (the range is checked at load)."""
+    if not indices:
+        return
+    if every > 1:
+        raise ConfigError("model.drop_layers and model.drop_layers_every both build the student; set only one")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+        raise ConfigError(f"model.drop_layers must list layer indices (integers >= 0), got {indices!r}")
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"model.drop_layers lists a layer twice: {indices!r}")
 
 
 def to_dict(cfg: Config) -> dict:
