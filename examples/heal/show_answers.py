@@ -31,15 +31,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--model", default="runs/smollm2-fp32")
-    ap.add_argument("--drop", default="12,13,14,15", help="layers removed for the untrained student")
+    ap.add_argument("--drop", default="12,13,14,15", help="layers removed for the untrained student ('' for none)")
     ap.add_argument("--data", default="examples/data/arith_words/heldout_solvable.jsonl")
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     tok, examples = load_tokenizer(args.model), load_jsonl(args.data)[: args.n]
-    models = {"teacher (30 layers)": lambda: load_model(args.model),
-              "pruned student, before training": lambda: load_model(args.model, drop=[int(i) for i in args.drop.split(",")])}
+    drop = [int(i) for i in args.drop.split(",") if i]
+    models = {"full model (the teacher), no PI": lambda: load_model(args.model)}
+    if drop:
+        models[f"student without layers {drop}, before training"] = lambda: load_model(args.model, drop=drop)
     for run in args.runs:
         def trained(run=run):
             cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
