@@ -138,6 +138,41 @@ def test_cli_reports_user_errors_in_one_line(tiny_dir, tmp_path, capsys):
     assert "opdkit: error: dataset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value, message", [
+    ("[5]", "layer indices \\[5\\] are outside this model's 2 decoder layers"),
+    ("[0, 1]", "removes all 2 decoder layers"),
+    ("[1, 1]", "lists a layer twice"),
+    ("[-1]", "integers >= 0"),
+])
+def test_bad_drop_layers_is_refused_through_the_cli(tiny_dir, tmp_path, capsys, value, message):
+    out = tmp_path / "r"
+    code = cli.main(["sft", *engine_overrides(tiny_dir, out, **{"model.student": tiny_dir / "teacher"}),
+                     f"model.drop_layers={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("opdkit: error: ") and "model.drop_layers" in err
+    assert __import__("re").search(message, err), err
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_drop_layers_builds_the_student_the_run_trains(tiny_dir, tmp_path):
+    out = tmp_path / "r"
+    code = cli.main(["sft", *engine_overrides(tiny_dir, out, **{"model.student": tiny_dir / "teacher"}),
+                     "model.drop_layers=[0]"])
+    assert code == 0
+    from safetensors import safe_open
+    saved = sorted(out.glob("checkpoints/*/student.safetensors"))[-1]
+    with safe_open(saved, "pt") as fh:
+        layers = {key.split(".layers.")[1].split(".")[0] for key in fh.keys() if ".layers." in key}
+    assert layers == {"0"}                          # the 2-layer model trained as a 1-layer student
+    cfg = load_config("sft", overrides=[f"model.student={tiny_dir / 'teacher'}", "model.drop_layers=[0]",
+                                        f"data.train={tiny_dir / 'train.jsonl'}"])
+    assert load_model(str(tiny_dir / "teacher"), drop=cfg.model.drop_layers).config.num_hidden_layers == 1
+    with pytest.raises(ConfigError, match="set only one"):
+        load_config("sft", overrides=[f"model.student={tiny_dir / 'teacher'}", "model.drop_layers=[0]",
+                                      "model.drop_layers_every=2", f"data.train={tiny_dir / 'train.jsonl'}"])
+
+
 @pytest.fixture
 def nan_teacher(tmp_path):
     tok = build_tokenizer()

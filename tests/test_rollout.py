@@ -8,7 +8,7 @@ import torch
 
 from opdkit.lab.tiny import build_model, build_tokenizer
 from opdkit.models.forward import pack, pad_rows, response_hidden
-from opdkit.models.loading import keep_every_nth_layer
+from opdkit.models.loading import drop_layers, keep_every_nth_layer
 from opdkit.models.rollout import HFSampler, response_length
 from opdkit.models.teachers import PromptRenderer, SelfTeacher
 from opdkit.tasks.data import Example, messages, render
@@ -76,6 +76,26 @@ def test_dropped_layers_keep_the_kv_cache_consistent():
     torch.manual_seed(0)
     r = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, _prompts(tok), max_new_tokens=6)
     logp, packed = _forward_logprobs(model, r.prompt_ids, r.response_ids, tok.pad_token_id)
+    chosen = logp.gather(-1, packed.response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(chosen * packed.response_mask, pad_rows(r.sampler_logprobs, chosen.shape[1]),
+                               atol=2e-5, rtol=0)
+
+
+def test_removing_named_layers_equals_keeping_the_rest():
+    """Removing layers 1 and 2 of 4 is the same network as keeping every third layer (0 and 3)."""
+    tok = build_tokenizer()
+    named, every = build_model(tok, layers=4, seed=2), build_model(tok, layers=4, seed=2)
+    full_logits = named(input_ids=torch.tensor([[1, 5, 7, 9]])).logits
+    assert drop_layers(named, [2, 1]) == [0, 3] == keep_every_nth_layer(every, 3)
+    assert named.config.num_hidden_layers == 2
+    assert [layer.self_attn.layer_idx for layer in named.get_decoder().layers] == [0, 1]
+    ids = torch.tensor([[1, 5, 7, 9]])
+    logits = named(input_ids=ids).logits
+    torch.testing.assert_close(logits, every(input_ids=ids).logits)
+    assert (logits - full_logits).abs().max() > 1e-3          # the removal changed the function
+    torch.manual_seed(0)
+    r = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(named, _prompts(tok), max_new_tokens=6)
+    logp, packed = _forward_logprobs(named, r.prompt_ids, r.response_ids, tok.pad_token_id)
     chosen = logp.gather(-1, packed.response_ids.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(chosen * packed.response_mask, pad_rows(r.sampler_logprobs, chosen.shape[1]),
                                atol=2e-5, rtol=0)

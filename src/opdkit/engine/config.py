@@ -42,6 +42,8 @@ class ModelConfig:
     student: str = doc("student: a local HF model directory or a .gguf file", "")
     teacher: str = doc("teacher for `distill` (same forms as student); empty for self-distill", "")
     drop_layers_every: int = doc("build the student by keeping every n-th decoder layer of `student` (0: keep all)", 0)
+    drop_layers: list = doc("build the student by removing these decoder layers of `student` (0-based indices, "
+                            "e.g. [12, 13, 14, 15]; [] keeps all)", factory=list)
     dtype: str = doc("float32 | bfloat16 | float16 for both models", "float32")
     teacher_dtype: str = doc("the teacher's dtype when it differs from `dtype` ('' = same), e.g. bfloat16 to halve "
                              "its memory; the objective still works in fp32 on its log-probs", "")

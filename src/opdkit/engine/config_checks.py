@@ -47,6 +47,7 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    validate_drop_layers(cfg.model.drop_layers, cfg.model.drop_layers_every)
     if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
         raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
     for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
@@ -70,6 +71,18 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     if problem:
         raise ConfigError(problem)
     validate_guard(cfg, provides)
+
+
+def validate_drop_layers(indices: list, every: int) -> None:
+    """Integers >= 0, no repeats, not combined with drop_layers_every (the range is checked at load)."""
+    if not indices:
+        return
+    if every > 1:
+        raise ConfigError("model.drop_layers and model.drop_layers_every both build the student; set only one")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+        raise ConfigError(f"model.drop_layers must list layer indices (integers >= 0), got {indices!r}")
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"model.drop_layers lists a layer twice: {indices!r}")
 
 
 def validate_objective(name: str, options: dict) -> None:

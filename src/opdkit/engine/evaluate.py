@@ -1,16 +1,19 @@
 """Evaluation on held-out prompts: accuracy, length, rule following, KL to the teacher.
 
-Greedy answers give accuracy (when the data has answers), mean length, EOS rate and the
-rule-following rate (`run.check`). Responses sampled at temperature 1 give the held-out
-reverse KL to the teacher, token-averaged: the quantity OPD minimises, measured on the
-student's own distribution. Evaluation saves and restores the global RNG and seeds its own
+Greedy answers give accuracy (when the data has answers), mean length, EOS rate, hedge rate,
+3-gram repeat ratio, the rule-following rate (`run.check`) and the teacher's token-mean NLL
+of them (`teacher_nll`: how plausible the teacher finds what the student says). Responses
+sampled at temperature 1 give the held-out reverse KL to the teacher, token-averaged (the
+quantity OPD minimises, measured on the student's own distribution), and on the same tokens
+the student's entropy and the mass P_K / Q_K that student and teacher put on the student's
+top-20 (the unnormalised top-K objective drains P_K toward Q_K/e). Evaluation saves and restores the global RNG and seeds its own
 sampling, so it neither perturbs a training run nor varies between evaluations.
 """
 from __future__ import annotations
 
 import torch
 
-from opdkit.engine.diagnostics import hedge_rate
+from opdkit.engine.diagnostics import hedge_rate, repeat_ratio, with_diagnostics
 from opdkit.engine.prefix import teacher_rollouts
 from opdkit.engine.session import Session, load_items
 from opdkit.models.checkpoint import seeded
@@ -20,7 +23,8 @@ from opdkit.models.rollout import Rollouts
 from opdkit.models.teachers import PromptRenderer, SelfTeacher, Teacher
 from opdkit.objectives import make_objective
 from opdkit.objectives.logprobs import chunked_objective_loss
-from opdkit.objectives.scores import ObjectiveInputs
+from opdkit.objectives.scores import ObjectiveInputs, upcast
+from opdkit.objectives.topk import support_metrics
 from opdkit.tasks.data import batches
 from opdkit.tasks.rewards import make_check, make_reward
 
@@ -50,7 +54,8 @@ def answer_metrics(s: Session, rollouts: Rollouts, items: list) -> dict:
     texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
     out = {"length_mean": sum(map(len, rollouts.response_ids)) / len(items),
            "eos_rate": sum(rollouts.finished) / len(items),
-           "hedge_rate": hedge_rate(texts, tuple(s.cfg.run.hedge_words))}
+           "hedge_rate": hedge_rate(texts, tuple(s.cfg.run.hedge_words)),
+           "repeat_ratio": repeat_ratio(rollouts.response_ids)}
     answers = [it.example.answer for it in items]
     if all(a is not None for a in answers):
         reward = make_reward(s.cfg.reward.kind)
@@ -85,6 +90,39 @@ def teacher_kl(s: Session, teacher: Teacher, rollouts: Rollouts) -> float:
     return means.get("loss", 0.0)
 
 
+def kl_with_support(k: int = 20):
+    """Full RKL (loss) plus P_K, Q_K, P_K/Q_K on the student's top-k at each position (metrics).
+
+    The teacher's log-probs are those its TeacherScores resolve to, one row chunk at a time."""
+    kl = make_objective("rkl")
+
+    def objective(logits, inputs):
+        out = kl(logits, inputs)
+        logp = upcast(logits).log_softmax(-1)
+        top = logp.topk(min(k, logp.shape[-1]), dim=-1).indices                     # (N, k)
+        log_pk = logp.gather(-1, top).logsumexp(-1)
+        log_qk = upcast(inputs.teacher.logprobs).gather(-1, top).logsumexp(-1)
+        out.metrics.update(support_metrics(log_pk, log_qk, torch.ones_like(top, dtype=torch.bool)))
+        return out
+    return objective
+
+
+def sampled_metrics(s: Session, teacher: Teacher, rollouts: Rollouts) -> dict:
+    """On temperature-1 samples: KL to the teacher, the student's entropy, P_K, Q_K, length, repeats."""
+    means, _ = score_responses(s, teacher, rollouts, kl_with_support())
+    n = max(1, len(rollouts))
+    return {"teacher_kl": means.get("loss", 0.0), "sample_entropy": means.get("student_entropy", 0.0),
+            **{key: means.get(key, 0.0) for key in ("p_k", "q_k", "pk_over_qk")},
+            "sample_length_mean": sum(map(len, rollouts.response_ids)) / n,
+            "sample_repeat_ratio": repeat_ratio(rollouts.response_ids)}
+
+
+def teacher_nll(s: Session, teacher: Teacher, rollouts: Rollouts) -> float:
+    """The teacher's token-mean negative log-likelihood of the given responses (0 without tokens)."""
+    means, _ = score_responses(s, teacher, rollouts, with_diagnostics(make_objective("rkl")))
+    return -means.get("teacher_logprob", 0.0)
+
+
 def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False,
                      max_new_tokens: int | None = None) -> dict:
     """Student metrics; with `teacher_side`, the same metrics for the teacher on its own (PI) prompts
@@ -92,11 +130,13 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
     items = eval_items(s) if items is None else items
     n = max_new_tokens
     with seeded(seed):
-        out = answer_metrics(s, _generate(s, items, greedy=True, max_new_tokens=n), items)
+        greedy = _generate(s, items, greedy=True, max_new_tokens=n)
+        out = answer_metrics(s, greedy, items)
         if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
             sampled = _generate(s, items, greedy=False, max_new_tokens=n)
-            out["teacher_kl"] = teacher_kl(s, s.teacher, sampled)
+            out.update(sampled_metrics(s, s.teacher, sampled))       # teacher_kl and the shape metrics
             out.update(member_kls(s.teacher, sampled, lambda member, rows: teacher_kl(s, member, rows)))
+            out["teacher_nll"] = teacher_nll(s, s.teacher, greedy)
             if teacher_side and getattr(s.teacher, "combine", "route") == "route":    # a mixture has no one writer
                 with torch.no_grad():
                     written = teacher_rollouts(s, items, s.cfg.optim.micro_batch, None, greedy=True,

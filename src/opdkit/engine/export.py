@@ -27,7 +27,7 @@ def export_run(run_dir: str | Path, out: str | Path, step_dir: str | Path | None
     path = Path(step_dir) if step_dir else checkpoint.latest(run_dir)
     if path is None:
         raise checkpoint.CheckpointError(f"{run_dir} holds no complete checkpoint")
-    model = load_model(cfg.model.student, cfg.model.dtype, cfg.model.drop_layers_every)
+    model = load_model(cfg.model.student, cfg.model.dtype, cfg.model.drop_layers_every, cfg.model.drop_layers)
     if cfg.model.lora_r:
         model = _lora(model, cfg)
     checkpoint.load(path, {"student": model})

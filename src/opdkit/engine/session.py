@@ -139,7 +139,7 @@ def build_session(cfg: Config, load_train: bool = True) -> Session:
     set_mmap_threshold(cfg.run.mmap_threshold_kib)
     torch.manual_seed(cfg.run.seed)
     tokenizer = load_tokenizer(cfg.model.student)
-    student = load_model(cfg.model.student, cfg.model.dtype, cfg.model.drop_layers_every)
+    student = load_model(cfg.model.student, cfg.model.dtype, cfg.model.drop_layers_every, cfg.model.drop_layers)
     if cfg.model.lora_r:
         student = _lora(student, cfg)
     d = cfg.data

