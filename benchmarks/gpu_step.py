@@ -52,7 +52,7 @@ def opdkit_arm(models: Path, work: Path, setting: dict, objective: str = "rkl") 
     from opdkit.engine.runner import Runner
     from opdkit.models.loading import DTYPES
     device, dtype = device_and_dtype()
-    opdkit.engine.session.load_model = lambda path, dtype="float32", keep_every=0: random_model(path, DTYPES[dtype], device)
+    opdkit.engine.session.load_model = lambda path, dtype="float32", *_layers: random_model(path, DTYPES[dtype], device)
     vocab = json.loads((models / "student" / "arch.json").read_text())["vocab"]
     work.mkdir(parents=True, exist_ok=True)
     data = work / "prompts.jsonl"
