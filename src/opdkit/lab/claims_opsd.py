@@ -109,26 +109,27 @@ def tokens_to_reach(rows: list[dict], key: str = "rollout/rule_rate", level: flo
     return None
 
 
-def rate_at_tokens(rows: list[dict], budget: int, key: str = "rollout/rule_rate") -> float:
-    """The 3-step mean of `key` at the last step whose cumulative sampled tokens are within `budget`."""
+def _values_within(rows: list[dict], budget: int, key: str) -> list[float]:
+    """`key` at each step whose cumulative sampled tokens are within `budget` (0 where absent)."""
     spent, values = 0, []
     for r in rows:
         spent += r["rollout/tokens"]
         if spent > budget:
             break
         values.append(r.get(key, 0.0))
+    return values
+
+
+def rate_at_tokens(rows: list[dict], budget: int, key: str = "rollout/rule_rate") -> float:
+    """The 3-step mean of `key` at the last step whose cumulative sampled tokens are within `budget`."""
+    values = _values_within(rows, budget, key)
     return statistics.fmean(values[-3:]) if values else 0.0
 
 
 def mean_rate_within(rows: list[dict], budget: int, key: str = "rollout/rule_rate") -> float:
     """Mean of `key` over the steps whose cumulative sampled tokens are within `budget`: the area under
     the rate-vs-tokens curve per step, so the faster learner scores higher even when both saturate."""
-    spent, values = 0, []
-    for r in rows:
-        spent += r["rollout/tokens"]
-        if spent > budget:
-            break
-        values.append(r.get(key, 0.0))
+    values = _values_within(rows, budget, key)
     return statistics.fmean(values) if values else 0.0
 
 
