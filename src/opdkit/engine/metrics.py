@@ -55,8 +55,7 @@ class MetricLog:
         """Move rows after `step` to `name` (appended): a rolled-back branch is kept, not lost."""
         if not self.path.is_file():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        later = [line for line, row in zip(lines, parse_rows(self.path, lines)) if row["step"] > step]
+        later = [line for line, row in _lines_and_rows(self.path) if row is not None and row["step"] > step]
         with (self.path.parent / name).open("a") as fh:
             fh.writelines(line + "\n" for line in later)
         self.truncate_after(step)
@@ -64,8 +63,7 @@ class MetricLog:
     def truncate_after(self, step: int) -> None:
         for path in (self.path, self.path.parent / "samples.jsonl"):
             if path.is_file():
-                lines = [line for line in path.read_text().splitlines() if line.strip()]
-                keep = [line for line, row in zip(lines, parse_rows(path, lines)) if row is not None and row["step"] <= step]
+                keep = [line for line, row in _lines_and_rows(path) if row is not None and row["step"] <= step]
                 atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -101,10 +99,15 @@ def parse_rows(path: Path, lines: list[str]) -> list[dict | None]:
     return rows
 
 
+def _lines_and_rows(path: Path) -> list[tuple[str, dict | None]]:
+    """Each non-blank line of a jsonl log with its parsed row (None for a torn last line)."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return list(zip(lines, parse_rows(Path(path), lines), strict=True))
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a jsonl log; a torn last line (killed mid-write) is dropped with a warning."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    return [row for row in parse_rows(Path(path), lines) if row is not None]
+    return [row for _, row in _lines_and_rows(path) if row is not None]
 
 
 def require_run(run_dir: Path) -> None:
