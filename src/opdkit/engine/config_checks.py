@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from opdkit.engine.guard import Guard
 from opdkit.errors import ConfigError
-from opdkit.models.multiteacher import TeacherSettings, check_teachers
+from opdkit.models.multiteacher import TeacherSettings, check_teachers, teacher_metrics
 from opdkit.objectives import (
     FULL,
     OBJECTIVES,
@@ -133,6 +133,9 @@ def validate_guard(cfg: Config, provides: str) -> None:
         return
     written = {spec.get("name") for spec in g.rules if isinstance(spec, dict)}
     for rule in guard.rules:
+        if rule.teacher:
+            validate_teacher_rule(rule, list(cfg.model.teachers), cfg.teacher.combine,
+                                  bool(cfg.run.eval_every and cfg.data.eval))
         target = rule.switch_objective
         if not target:
             continue
@@ -156,3 +159,21 @@ def validate_guard(cfg: Config, provides: str) -> None:
             problem = prefix_problem(target, options)
         if problem:
             raise ConfigError(f"{where}: {problem}")
+
+
+def validate_teacher_rule(rule, teachers: list[str], combine: str, evaluates: bool) -> None:
+    """A guard rule scoped to one of several teachers (`teacher: NAME`) names a configured teacher and
+    watches a metric that teacher has (routed: diag/X over its rows, or eval/teacher_kl; a mixture: only
+    eval/teacher_kl, its per-token metrics are the mixture's), logged in this run."""
+    where = f"guard rule {rule.name!r}: teacher {rule.teacher!r}"
+    if not teachers:
+        raise ConfigError(f"{where} needs several teachers (model.teachers); with one teacher leave `teacher` out")
+    if rule.teacher not in teachers:
+        raise ConfigError(f"{where} is not in model.teachers ({', '.join(teachers)})")
+    known = teacher_metrics(rule.teacher, combine)
+    if rule.watched not in known:
+        raise ConfigError(f"{where} watches {rule.watched!r} (from metric {rule.metric!r}), which teacher.combine="
+                          f"{combine} does not log per teacher; its metrics: {', '.join(known)}")
+    if rule.watched.startswith("eval/") and not evaluates:
+        raise ConfigError(f"{where} watches {rule.watched!r}, logged only by in-run evaluation: set data.eval and "
+                          f"run.eval_every")

@@ -157,6 +157,22 @@ class MultiTeacher:
     def __init__(self, members: dict, combine: str, weights: dict[str, float] | None = None):
         self.members, self.combine = members, combine
         self.weights = weights or {}
+        self.configured = dict(self.weights)         # the mixture's weights before any drop
+        self.dropped: tuple[str, ...] = ()           # members the guard stopped using (drop_teacher)
+
+    def member_weights(self) -> dict[str, float]:
+        """Each configured member's weight as the guard's drop plan reads it (1 each when routed)."""
+        return {name: 1.0 if self.combine == "route" else self.configured[name] for name in self.members}
+
+    def drop(self, names) -> None:
+        """Stop using the members `names` (the run's dropped teachers, in full). A mixture renormalises the
+        other weights; a routed member's examples carry no loss from now on (`kept_rows`), though it still
+        scores them (evaluation's per-teacher KL keeps watching it)."""
+        self.dropped = tuple(names)
+        if self.combine == "mixture":
+            left = {name: w for name, w in self.configured.items() if name not in self.dropped}
+            total = sum(left.values())
+            self.weights = {name: left.get(name, 0.0) / total for name in self.configured}
 
     def member_name(self, example: Example) -> str:
         return example.teacher
@@ -183,11 +199,11 @@ class MultiTeacher:
             groups = {name: list(range(len(examples))) for name in self.members}
         heads, coefficients = {}, {}
         for name, rows in groups.items():
-            if not rows:
+            weight = 1.0 if self.combine == "route" else self.weights[name]
+            if not rows or weight == 0:
                 continue
             member = self.members[name]
             heads[name] = member.score([examples[i] for i in rows], [responses[i] for i in rows]).head
-            weight = 1.0 if self.combine == "route" else self.weights[name]
             coefficients[name] = (rows, weight)
         return TeacherScores(head=block_head(heads, coefficients, len(examples), width))
 
@@ -209,6 +225,15 @@ def local_models(teacher) -> list:
     return [m for m in models if m is not None]
 
 
+def kept_rows(teacher, examples: list[Example]) -> list[bool] | None:
+    """Routed teachers some of which the guard dropped: whether each example still carries loss; None
+    when every example does (one teacher, a mixture, nothing dropped)."""
+    dropped = getattr(teacher, "dropped", ())
+    if not dropped or teacher.combine != "route":
+        return None
+    return [e.teacher not in dropped for e in examples]
+
+
 def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
     """Several teachers: {'teacher_kl/<name>': kl(member, its rows)}, on each teacher's routed rows
     (route) or on every row (mixture); {} for one teacher."""
@@ -225,6 +250,13 @@ def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
 
 
 PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy", "negative_reward", "teacher_logprob")
+
+
+def teacher_metrics(name: str, combine: str) -> list[str]:
+    """What a guard rule scoped to teacher `name` can watch: for routed teachers the token means over its
+    own rows (`per_teacher_sums`) and its share of the step's tokens; in both modes eval/teacher_kl/<name>."""
+    own = [f"diag/teacher/{name}/{key}" for key in (*PER_TEACHER, "share")] if combine == "route" else []
+    return own + [f"eval/teacher_kl/{name}"]
 
 
 def per_teacher_sums(teacher, examples: list[Example], result, mask: torch.Tensor) -> dict[str, torch.Tensor]:
