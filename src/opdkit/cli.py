@@ -28,7 +28,7 @@ from pathlib import Path
 from opdkit.analysis.plots import plot_run
 from opdkit.analysis.probes import PROBES, format_probe
 from opdkit.analysis.report import build_report
-from opdkit.engine.config import field_docs, load_config
+from opdkit.engine.config import field_docs, load_config, read_yaml
 from opdkit.engine.evaluate import evaluate_session, identity_self_test, sample_answers
 from opdkit.engine.export import export_run
 from opdkit.engine.runner import run
@@ -125,8 +125,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     import json
-    mode = args.mode or ("self-distill" if args.probe == "pi" else "distill")
-    session = build_session(load_config(mode, args.config, args.overrides))
+    session = build_session(load_config(_probe_mode(args), args.config, args.overrides))
     result = PROBES[args.probe](session, prompts=args.prompts)
     print(format_probe(args.probe, result))
     if args.out is not None:
@@ -135,6 +134,16 @@ def _probe(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(result, indent=2))
         print(f"wrote {path}")
     return 0
+
+
+def _probe_mode(args: argparse.Namespace) -> str:
+    """--mode, else distill; `probe pi` probes self-distill's self-teacher unless several teachers are set."""
+    if args.mode or args.probe != "pi":
+        return args.mode or "distill"
+    keys = [text.split("=", 1)[0].strip() for text in args.overrides]
+    tree = (read_yaml(args.config) or {}) if args.config is not None and args.config.is_file() else {}
+    several = "model.teachers" in keys or bool(isinstance(tree, dict) and (tree.get("model") or {}).get("teachers"))
+    return "distill" if several else "self-distill"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -227,7 +236,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("probe", choices=["pair", "prefix", "pi"])
     _add_run_args(p)
     p.add_argument("--mode", default=None, choices=["distill", "self-distill"],
-                   help="teacher to build (default: distill; self-distill for `pi`)")
+                   help="teacher to build (default: distill; self-distill for `pi` unless model.teachers is set)")
     p.add_argument("--prompts", type=int, default=16, help="prompts to probe with")
     p.add_argument("--out", type=Path, default=None, help="also write probe_<name>.json here (the report reads it)")
     p.set_defaults(func=_probe)

@@ -234,19 +234,24 @@ def kept_rows(teacher, examples: list[Example]) -> list[bool] | None:
     return [e.teacher not in dropped for e in examples]
 
 
-def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
-    """Several teachers: {'teacher_kl/<name>': kl(member, its rows)}, on each teacher's routed rows
-    (route) or on every row (mixture); {} for one teacher."""
+def member_rollouts(teacher, sampled: Rollouts) -> dict[str, tuple[object, Rollouts]]:
+    """Several teachers: {name: (member, the rows it scores)}: each teacher's routed rows (route) or
+    every row (mixture); members without rows are left out. {} for one teacher."""
     members = getattr(teacher, "members", None)
     out = {}
     for name, member in (members or {}).items():
         rows = [i for i, e in enumerate(sampled.meta) if teacher.combine == "mixture" or e.teacher == name]
         if rows:
             pick = lambda values: [values[i] for i in rows]       # noqa: E731
-            subset = Rollouts(pick(sampled.prompt_ids), pick(sampled.response_ids), pick(sampled.sampler_logprobs),
-                              pick(sampled.finished), meta=pick(sampled.meta))
-            out[f"teacher_kl/{name}"] = kl(member, subset)
+            out[name] = (member, Rollouts(pick(sampled.prompt_ids), pick(sampled.response_ids),
+                                          pick(sampled.sampler_logprobs), pick(sampled.finished), meta=pick(sampled.meta)))
     return out
+
+
+def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
+    """Several teachers: {'teacher_kl/<name>': kl(member, its rows)}, on each teacher's routed rows
+    (route) or on every row (mixture); {} for one teacher."""
+    return {f"teacher_kl/{name}": kl(member, rows) for name, (member, rows) in member_rollouts(teacher, sampled).items()}
 
 
 PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy", "negative_reward", "teacher_logprob")
