@@ -79,6 +79,8 @@ def test_stop_then_rollback_then_drop_is_the_order_of_severity():
 class _Fixed:
     """A member whose scores are a fixed lazy head (rows picked by each example's `pi` as an index)."""
 
+    provides = "full"
+
     def __init__(self, head: Head):
         self.head = head
 
@@ -174,7 +176,7 @@ def test_dropping_the_last_teacher_stops_the_run(tiny_dir, tmp_path):
 @pytest.mark.parametrize("rule, extra, says", [
     ({"teacher": "nobody"}, {}, "teacher 'nobody' is not in model.teachers (tutor, peer)"),
     ({"metric": "train/loss"}, {}, "watches 'train/loss'"),
-    ({"metric": "eval/teacher_kl"}, {}, "logged only by in-run evaluation: set data.eval and run.eval_every"),
+    ({"metric": "eval/teacher_kl"}, {}, "logged only by in-run evaluation (data.eval and run.eval_every)"),
     ({}, {"teacher.combine": "mixture"}, "teacher.combine=mixture does not log per teacher; its metrics: "
                                          "eval/teacher_kl/peer"),
     ({"teacher": ""}, {}, "action drop_teacher needs `teacher`"),

@@ -54,9 +54,19 @@ def score_rollouts(s: Session, rollouts, k: int = 20, teacher=None) -> dict[str,
             "student_nll": -means["student_logprob"], "tokens": tokens}
 
 
+def require_full_teacher(s: Session, probe: str) -> None:
+    """The probes measure full-vocabulary KLs and let the teacher write: a served teacher can do neither."""
+    if s.teacher is None or s.teacher.provides != "full":
+        what = "no teacher" if s.teacher is None else "a served teacher, which returns only its top-k"
+        raise ConfigError(f"probe {probe} needs a local teacher (full log-probs, and one that can write), and this "
+                          f"config has {what}; probe a local copy of it (model.teacher=PATH without teacher.url, or a "
+                          f"path in model.teachers)")
+
+
 def probe_pair(s: Session, prompts: int = 16, seed: int = 0) -> dict:
     """With several teachers: the numbers for the routed / mixed teacher, then each teacher's own
     (`<name>/kl`, ..., `<name>/verdict`) on the rows it scores (its routed rows, or all in a mixture)."""
+    require_full_teacher(s, "pair")
     items = (eval_items(s) if s.cfg.data.eval else s.items)[:prompts]
     with seeded(seed):
         rollouts = _generate(s, items, greedy=False)
@@ -110,6 +120,7 @@ def probe_prefix(s: Session, fractions=(0.25, 0.5, 0.75), prompts: int = 16, see
     Routed teachers: each continues the prefixes of its own examples (`<name>/...` keys); the
     unprefixed numbers pool them, weighted by examples. A mixture has no one writer: refused.
     """
+    require_full_teacher(s, "prefix")
     items = [it for it in (eval_items(s) if s.cfg.data.eval else s.items) if it.example.answer is not None][:prompts]
     if not items:
         raise DataError("probe prefix needs examples with answers (data.answer_field)")
@@ -182,6 +193,7 @@ def _hedge_probability(s: Session, model, prompts: list[list[int]], cuts: list[l
 @torch.no_grad()
 def probe_pi(s: Session, prompts: int = 16, others: int = 3, seed: int = 0) -> dict:
     """PI-swap sensitivity and the consensus gap, relative to the student's KL to its teacher."""
+    require_full_teacher(s, "pi")
     items = s.items[:prompts]
     pis = [it.example.pi or s.cfg.data.pi for it in s.items]
     if not any(pis):

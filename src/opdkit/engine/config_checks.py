@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from opdkit.engine.guard import Guard
 from opdkit.errors import ConfigError
-from opdkit.models.multiteacher import TeacherSettings, check_teachers, teacher_metrics
+from opdkit.models.multiteacher import TeacherSettings, check_teachers, served_members, teacher_metrics
 from opdkit.objectives import (
     FULL,
     OBJECTIVES,
@@ -61,15 +61,17 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
         raise ConfigError(f"optim.lr must be a positive finite number, got {cfg.optim.lr}; e.g. optim.lr=1e-5")
     validate_objective(cfg.objective_name, cfg.objective.options)
-    provides = TOP_K if cfg.teacher.url else FULL
-    problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
-    if problem:
-        raise ConfigError(problem)
-    validate_source(cfg)
     problem = check_teachers(TeacherSettings.from_config(cfg), cfg.mode, cfg.rollout.source, bool(cfg.model.teacher),
                              cfg.teacher.url, bool(cfg.data.pi or cfg.data.pi_field))
     if problem:
         raise ConfigError(problem)
+    served = served_members(cfg.model.teachers)
+    provides = TOP_K if cfg.teacher.url or served else FULL
+    problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
+    if problem:
+        raise ConfigError(problem + (f" (model.teachers.{served[0]} is served: every routed row is then scored as "
+                                     f"top-k)" if served else ""))
+    validate_source(cfg)
     validate_guard(cfg, provides)
 
 
@@ -134,8 +136,8 @@ def validate_guard(cfg: Config, provides: str) -> None:
     written = {spec.get("name") for spec in g.rules if isinstance(spec, dict)}
     for rule in guard.rules:
         if rule.teacher:
-            validate_teacher_rule(rule, list(cfg.model.teachers), cfg.teacher.combine,
-                                  bool(cfg.run.eval_every and cfg.data.eval))
+            evaluates = bool(cfg.run.eval_every and cfg.data.eval) and rule.teacher not in served_members(cfg.model.teachers)
+            validate_teacher_rule(rule, list(cfg.model.teachers), cfg.teacher.combine, evaluates)
         target = rule.switch_objective
         if not target:
             continue
@@ -175,5 +177,5 @@ def validate_teacher_rule(rule, teachers: list[str], combine: str, evaluates: bo
         raise ConfigError(f"{where} watches {rule.watched!r} (from metric {rule.metric!r}), which teacher.combine="
                           f"{combine} does not log per teacher; its metrics: {', '.join(known)}")
     if rule.watched.startswith("eval/") and not evaluates:
-        raise ConfigError(f"{where} watches {rule.watched!r}, logged only by in-run evaluation: set data.eval and "
-                          f"run.eval_every")
+        raise ConfigError(f"{where} watches {rule.watched!r}, logged only by in-run evaluation (data.eval and "
+                          f"run.eval_every) of a local teacher: set both, or watch a diag/ metric")

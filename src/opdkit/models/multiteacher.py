@@ -21,9 +21,11 @@ several PIs converges to the normalised product of those conditionals. The arith
 sum w_i q_i is instead the minimiser of the forward KLs (mass-covering: it keeps every
 teacher's modes, including the ones only one teacher believes).
 
-Members are local (a model directory or `self`: the student shown PI); a served teacher
-returns only its top-k, from which neither a full mixture nor a shared head can be built,
-so it is refused in `model.teachers` (`check_teachers`). A teacher with another tokenizer
+Members are local (a model directory or `self`: the student shown PI) or served
+({url, model}). A served teacher returns only its top-k, from which neither a full mixture nor
+the shared head can be built; routed, it needs neither: the whole batch is then scored as
+top-k (`MultiTeacher.top_k_scores`; a local member's top-k made from its full log-probs), and
+the objective must be one that takes a top-k-only teacher (`served_problem` says the rest). A teacher with another tokenizer
 would be a member whose `score` already returns scores at the student's tokens (issue 16,
 part 3); routing needs nothing more, a mixture needs its scores over the student's vocabulary.
 """
@@ -38,8 +40,9 @@ import torch
 from opdkit.errors import DataError
 from opdkit.models.loading import PairReport, load_model, load_tokenizer, preflight
 from opdkit.models.rollout import Rollouts
+from opdkit.models.served import ServedTeacher
 from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher
-from opdkit.objectives.scores import Head, TeacherScores
+from opdkit.objectives.scores import Head, TeacherScores, top_k_only
 from opdkit.tasks.data import Example
 
 COMBINES = ("route", "mixture")
@@ -77,12 +80,16 @@ def check_teachers(s: TeacherSettings, mode: str, source: str, has_teacher: bool
     for name, path in s.paths.items():
         if not NAME.match(str(name)):
             return f"model.teachers: name {name!r} must be letters, digits, '_' or '-'"
+        problem = served_problem(name, path, s.combine, source) if isinstance(path, dict) else None
+        if problem:
+            return problem
+        if isinstance(path, dict):
+            continue
         if not isinstance(path, str) or not path:
-            return f"model.teachers.{name} must be a local model path or 'self', got {path!r}"
+            return f"model.teachers.{name} must be a local model path, 'self' or {{url: URL, model: NAME}}, got {path!r}"
         if path.startswith(("http://", "https://")):
-            return (f"model.teachers.{name} is served ({path}): a served teacher returns only its top-k, so it "
-                    f"cannot join a mixture (the geometric mean is over the full vocabulary) nor share the routed "
-                    f"head; use it alone as model.teacher + teacher.url")
+            return (f"model.teachers.{name} is a URL ({path}): write a served teacher as {{url: {path}, model: NAME}} "
+                    f"(NAME: the model the server serves); it can only be routed (teacher.combine=route)")
     if SELF in s.paths.values() and not has_pi:
         return "model.teachers has 'self' (the student shown PI), which needs data.pi or a data.pi_field"
     if s.combine == "route":
@@ -105,6 +112,33 @@ def check_teachers(s: TeacherSettings, mode: str, source: str, has_teacher: bool
     return None
 
 
+def served_problem(name: str, spec: dict, combine: str, source: str) -> str | None:
+    """Why a served member {url, model} cannot run; None if it can (routed, student prefixes).
+
+    A served teacher returns only its top-k and the sampled token's log-prob. Routed, its rows need
+    nothing more: every row of the run is then scored as top-k (a local member's top-k made from its
+    full log-probs), so the objective must be one that takes a top-k-only teacher (checked with
+    the objective). A mixture is a geometric mean over the full vocabulary, which top-k cannot give,
+    and a served teacher cannot write responses (rollout.source=teacher|mix).
+    """
+    where = f"model.teachers.{name}"
+    if sorted(spec) != ["model", "url"] or not all(isinstance(v, str) and v for v in spec.values()):
+        return f"{where}: a served teacher is {{url: http://host:8000/v1, model: NAME}}, got {spec!r}"
+    if not spec["url"].startswith(("http://", "https://")):
+        return f"{where}.url must be an http(s) URL (the server's /v1 base), got {spec['url']!r}"
+    if combine != "route":
+        return (f"{where} is served: it returns only its top-k, and teacher.combine=mixture is a geometric mean over "
+                f"the full vocabulary; route it (teacher.combine=route) or make it a local teacher")
+    if source != "student":
+        return f"{where} is served: it scores responses but cannot write them; use rollout.source=student"
+    return None
+
+
+def served_members(paths: dict) -> list[str]:
+    """The names of the served members ({url, model}) of model.teachers."""
+    return [name for name, path in paths.items() if isinstance(path, dict)]
+
+
 def check_routes(examples: list[Example], names: list[str], path: str) -> None:
     """Every example names a configured teacher (DataError otherwise, naming the example and the fix)."""
     for i, e in enumerate(examples, 1):
@@ -120,6 +154,10 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
     d, t = cfg.data, cfg.teacher
     members, report = {}, PairReport(vocab=vocab)
     for name, path in cfg.model.teachers.items():
+        if isinstance(path, dict):            # served: the student's tokenizer renders its prompt (ids go as they are)
+            renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+            members[name] = ServedTeacher(path["url"], path["model"], renderer, t.top_k, t.temperature)
+            continue
         if path == SELF:
             renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
             members[name] = SelfTeacher(student, renderer, tokenizer.pad_token_id, vocab, t.self_weights, t.ema_decay,
@@ -138,7 +176,7 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
     for name, member in members.items():          # the shared vocabulary is known only now
         if isinstance(member, tuple):
             members[name] = ModelTeacher(member[0], member[1], tokenizer.pad_token_id, report.vocab, t.temperature)
-        else:
+        elif isinstance(member, SelfTeacher):
             member.vocab = report.vocab
     return members, report
 
@@ -146,17 +184,20 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
 def build_multi_teacher(cfg, student, tokenizer, vocab: int) -> tuple["MultiTeacher", PairReport]:
     members, report = build_members(cfg, student, tokenizer, vocab)
     settings = TeacherSettings.from_config(cfg)
-    return MultiTeacher(members, settings.combine, settings.normalised_weights()), report
+    return MultiTeacher(members, settings.combine, settings.normalised_weights(), cfg.teacher.top_k), report
 
 
 class MultiTeacher:
-    """Several local teachers as one: routed by `Example.teacher`, or a weighted geometric mixture."""
+    """Several teachers as one: routed by `Example.teacher`, or a weighted geometric mixture of local ones."""
 
     provides = "full"
 
-    def __init__(self, members: dict, combine: str, weights: dict[str, float] | None = None):
+    def __init__(self, members: dict, combine: str, weights: dict[str, float] | None = None, top_k: int = 0):
         self.members, self.combine = members, combine
         self.weights = weights or {}
+        # a served member (routed only) returns its top-k: then every row is scored as top-k (teacher.top_k)
+        self.provides = "top-k" if any(m.provides == "top-k" for m in members.values()) else "full"
+        self.top_k = top_k
         self.configured = dict(self.weights)         # the mixture's weights before any drop
         self.dropped: tuple[str, ...] = ()           # members the guard stopped using (drop_teacher)
 
@@ -197,6 +238,8 @@ class MultiTeacher:
             groups = {name: [i for i, e in enumerate(examples) if e.teacher == name] for name in self.members}
         else:
             groups = {name: list(range(len(examples))) for name in self.members}
+        if self.provides == "top-k":
+            return self.top_k_scores(groups, examples, responses, width)
         heads, coefficients = {}, {}
         for name, rows in groups.items():
             weight = 1.0 if self.combine == "route" else self.weights[name]
@@ -206,6 +249,26 @@ class MultiTeacher:
             heads[name] = member.score([examples[i] for i in rows], [responses[i] for i in rows]).head
             coefficients[name] = (rows, weight)
         return TeacherScores(head=block_head(heads, coefficients, len(examples), width))
+
+    def top_k_scores(self, groups: dict, examples: list[Example], responses: list[list[int]], width: int) -> TeacherScores:
+        """Routed teachers, one of them served: each row's top-k ids and log-probs and the sampled token's
+        log-prob (a local member's made from its full log-probs, one row at a time)."""
+        n, k = len(examples), self.top_k
+        ids, sampled = torch.zeros(n, width, k, dtype=torch.long), torch.zeros(n, width)
+        logprobs = torch.full((n, width, k), -1e4)            # finite: padded positions are masked anyway
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            mine = [responses[i] for i in rows]
+            scores = self.members[name].score([examples[i] for i in rows], mine)
+            if scores.topk_ids is None:
+                r = max(1, max(len(x) for x in mine))
+                scores = top_k_only(scores, torch.tensor([x + [0] * (r - len(x)) for x in mine]), k)
+            index, r = torch.tensor(rows), scores.topk_ids.shape[1]
+            ids[index, :r] = scores.topk_ids.cpu()
+            logprobs[index, :r] = scores.topk_logprobs.float().cpu()
+            sampled[index, :r] = scores.sampled_logprobs.float().cpu()
+        return TeacherScores(topk_ids=ids, topk_logprobs=logprobs, sampled_logprobs=sampled)
 
     def after_step(self, student) -> None:
         for member in self.members.values():
@@ -235,11 +298,13 @@ def kept_rows(teacher, examples: list[Example]) -> list[bool] | None:
 
 
 def member_rollouts(teacher, sampled: Rollouts) -> dict[str, tuple[object, Rollouts]]:
-    """Several teachers: {name: (member, the rows it scores)}: each teacher's routed rows (route) or
-    every row (mixture); members without rows are left out. {} for one teacher."""
+    """Several teachers: {name: (member, the rows it scores)}: each local teacher's routed rows (route) or
+    every row (mixture); members without rows, and served members, are left out. {} for one teacher."""
     members = getattr(teacher, "members", None)
     out = {}
     for name, member in (members or {}).items():
+        if member.provides != "full":         # a served member: no full log-probs to measure KL with
+            continue
         rows = [i for i, e in enumerate(sampled.meta) if teacher.combine == "mixture" or e.teacher == name]
         if rows:
             pick = lambda values: [values[i] for i in rows]       # noqa: E731

@@ -71,7 +71,7 @@ def describe() -> str:
              "prefixes (rollout.source): any = student, teacher or mix; ratio = student, or teacher/mix without "
              "clip (importance ratio vs the teacher's sampling log-probs); student = student only",
              "several teachers (model.teachers, local or self): full, so every objective, routed or as a geometric "
-             "mixture; a served teacher only alone", ""]
+             "mixture; a served member ({url, model}) only routed, and then every row is top-k", ""]
     for name, s in OBJECTIVES.items():
         sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
         needs = f"{TOP_K} or {FULL}" if s.support_decides else s.teacher
