@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from opdkit.engine.guard import Guard
 from opdkit.errors import ConfigError
-from opdkit.models.multiteacher import TeacherSettings, check_teachers, served_members, teacher_metrics
+from opdkit.models.multiteacher import PER_TEACHER, TeacherSettings, check_teachers
+from opdkit.models.served import served_members
 from opdkit.objectives import (
     FULL,
     OBJECTIVES,
@@ -179,3 +180,10 @@ def validate_teacher_rule(rule, teachers: list[str], combine: str, evaluates: bo
     if rule.watched.startswith("eval/") and not evaluates:
         raise ConfigError(f"{where} watches {rule.watched!r}, logged only by in-run evaluation (data.eval and "
                           f"run.eval_every) of a local teacher: set both, or watch a diag/ metric")
+
+
+def teacher_metrics(name: str, combine: str) -> list[str]:
+    """What a guard rule scoped to teacher `name` can watch: for routed teachers the token means over its
+    own rows (`per_teacher_sums`) and its share of the step's tokens; in both modes eval/teacher_kl/<name>."""
+    own = [f"diag/teacher/{name}/{key}" for key in (*PER_TEACHER, "share")] if combine == "route" else []
+    return own + [f"eval/teacher_kl/{name}"]

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from opdkit.errors import DataError
+from opdkit.errors import ConfigError, DataError
 from opdkit.models.loading import PairReport, load_model, load_tokenizer, preflight
 from opdkit.models.rollout import Rollouts
-from opdkit.models.served import ServedTeacher
+from opdkit.models.served import ServedTeacher, served_problem
 from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher
 from opdkit.objectives.scores import Head, TeacherScores, top_k_only
 from opdkit.tasks.data import Example
@@ -112,33 +112,6 @@ def check_teachers(s: TeacherSettings, mode: str, source: str, has_teacher: bool
     return None
 
 
-def served_problem(name: str, spec: dict, combine: str, source: str) -> str | None:
-    """Why a served member {url, model} cannot run; None if it can (routed, student prefixes).
-
-    A served teacher returns only its top-k and the sampled token's log-prob. Routed, its rows need
-    nothing more: every row of the run is then scored as top-k (a local member's top-k made from its
-    full log-probs), so the objective must be one that takes a top-k-only teacher (checked with
-    the objective). A mixture is a geometric mean over the full vocabulary, which top-k cannot give,
-    and a served teacher cannot write responses (rollout.source=teacher|mix).
-    """
-    where = f"model.teachers.{name}"
-    if sorted(spec) != ["model", "url"] or not all(isinstance(v, str) and v for v in spec.values()):
-        return f"{where}: a served teacher is {{url: http://host:8000/v1, model: NAME}}, got {spec!r}"
-    if not spec["url"].startswith(("http://", "https://")):
-        return f"{where}.url must be an http(s) URL (the server's /v1 base), got {spec['url']!r}"
-    if combine != "route":
-        return (f"{where} is served: it returns only its top-k, and teacher.combine=mixture is a geometric mean over "
-                f"the full vocabulary; route it (teacher.combine=route) or make it a local teacher")
-    if source != "student":
-        return f"{where} is served: it scores responses but cannot write them; use rollout.source=student"
-    return None
-
-
-def served_members(paths: dict) -> list[str]:
-    """The names of the served members ({url, model}) of model.teachers."""
-    return [name for name, path in paths.items() if isinstance(path, dict)]
-
-
 def check_routes(examples: list[Example], names: list[str], path: str) -> None:
     """Every example names a configured teacher (DataError otherwise, naming the example and the fix)."""
     for i, e in enumerate(examples, 1):
@@ -184,7 +157,11 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
 def build_multi_teacher(cfg, student, tokenizer, vocab: int) -> tuple["MultiTeacher", PairReport]:
     members, report = build_members(cfg, student, tokenizer, vocab)
     settings = TeacherSettings.from_config(cfg)
-    return MultiTeacher(members, settings.combine, settings.normalised_weights(), cfg.teacher.top_k), report
+    teacher = MultiTeacher(members, settings.combine, settings.normalised_weights(), cfg.teacher.top_k)
+    if teacher.provides == "top-k" and not 0 < cfg.teacher.top_k <= report.vocab:
+        raise ConfigError(f"teacher.top_k={cfg.teacher.top_k}: with a served member every routed row is scored by "
+                          f"its top-k, which must lie in 1..{report.vocab} (the scored vocabulary)")
+    return teacher, report
 
 
 class MultiTeacher:
@@ -320,13 +297,6 @@ def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
 
 
 PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy", "negative_reward", "teacher_logprob")
-
-
-def teacher_metrics(name: str, combine: str) -> list[str]:
-    """What a guard rule scoped to teacher `name` can watch: for routed teachers the token means over its
-    own rows (`per_teacher_sums`) and its share of the step's tokens; in both modes eval/teacher_kl/<name>."""
-    own = [f"diag/teacher/{name}/{key}" for key in (*PER_TEACHER, "share")] if combine == "route" else []
-    return own + [f"eval/teacher_kl/{name}"]
 
 
 def per_teacher_sums(teacher, examples: list[Example], result, mask: torch.Tensor) -> dict[str, torch.Tensor]:
