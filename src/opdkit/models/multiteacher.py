@@ -25,7 +25,7 @@ Members are local (a model directory or `self`: the student shown PI) or served
 ({url, model}). A served teacher returns only its top-k, from which neither a full mixture nor
 the shared head can be built; routed, it needs neither: the whole batch is then scored as
 top-k (`MultiTeacher.top_k_scores`; a local member's top-k made from its full log-probs), and
-the objective must be one that takes a top-k-only teacher (`served_problem` says the rest). A teacher with another tokenizer
+the objective must take a top-k-only teacher (`served_problem`). A teacher with another tokenizer
 would be a member whose `score` already returns scores at the student's tokens (issue 16,
 part 3); routing needs nothing more, a mixture needs its scores over the student's vocabulary.
 """
