@@ -15,7 +15,7 @@ from conftest import engine_overrides
 
 from opdkit import cli
 from opdkit.engine.config import load_config
-from opdkit.engine.guard import Alarm, Guard, Rule, most_severe, plan_drop, teacher_metric
+from opdkit.engine.guard import Alarm, Guard, Rule, describe_alarm, most_severe, plan_drop, teacher_metric
 from opdkit.engine.runner import GuardStopped, run
 from opdkit.models.multiteacher import MultiTeacher, kept_rows
 from opdkit.objectives.scores import Head, TeacherScores
@@ -74,6 +74,7 @@ def test_stop_then_rollback_then_drop_is_the_order_of_severity():
     assert most_severe([warn, drop, back, stop]) is stop
     assert most_severe([warn, drop, back]) is back
     assert most_severe([warn, drop]) is drop
+    assert describe_alarm(drop) == "guard: drop_teacher at step 3: m = 1; action: drop_teacher 'a'"
 
 
 class _Fixed:

@@ -256,8 +256,9 @@ class Guard:
 
 def describe_alarm(alarm: Alarm) -> str:
     base = "" if alarm.baseline is None else f" (baseline {alarm.baseline:.4g})"
-    return (f"guard: {alarm.rule} at step {alarm.step}: {alarm.metric} = {alarm.value:.4g}{base}; "
-            f"{alarm.why}; action: {alarm.action}")
+    why = f"{alarm.why}; " if alarm.why else ""           # a user's rule may not say why
+    action = f"{alarm.action} {alarm.teacher!r}" if alarm.action == "drop_teacher" else alarm.action
+    return f"guard: {alarm.rule} at step {alarm.step}: {alarm.metric} = {alarm.value:.4g}{base}; {why}action: {action}"
 
 
 # ----------------------------------------------------------------------------- decisions
