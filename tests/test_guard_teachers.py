@@ -167,6 +167,21 @@ def test_a_rollback_that_drops_a_teacher_goes_back_then_continues_without_it(tin
     assert rows[1]["diag/teacher/peer/share"] > 0 and all(r["diag/teacher/peer/share"] == 0.0 for r in rows[2:])
 
 
+def test_a_mixture_drops_a_teacher_by_its_eval_kl_and_goes_on_with_the_other(tiny_dir, tmp_path):
+    from opdkit.engine.session import build_session
+    rule = {"name": "peer_kl", "teacher": "peer", "metric": "eval/teacher_kl", "above": -1, "action": "drop_teacher"}
+    out = tmp_path / "r"
+    cfg = load_config("distill", overrides=_routed(tiny_dir, tmp_path, out, [rule], **{
+        "teacher.combine": "mixture", "teacher.weights": "{tutor: 1, peer: 3}", "data.eval": tmp_path / "routed.jsonl",
+        "run.eval_every": 2, "run.eval_limit": 4, "optim.steps": 3}))
+    session = build_session(cfg)
+    assert session.teacher.weights == pytest.approx({"tutor": 0.25, "peer": 0.75})
+    rows = run(cfg, session=session)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [(e["step"], e["teacher"]) for e in _events(out, "drop_teacher")] == [(2, "peer")]
+    assert session.teacher.weights == pytest.approx({"tutor": 1.0, "peer": 0.0})
+
+
 def test_dropping_the_last_teacher_stops_the_run(tiny_dir, tmp_path):
     rules = [DROP_PEER, dict(DROP_PEER, name="tutor_off", teacher="tutor", patience=3)]
     with pytest.raises(GuardStopped, match="would leave no teacher"):
