@@ -130,6 +130,8 @@ class OptimConfig:
     warmup_steps: int = doc("linear warm-up steps", 0)
     schedule: str = doc("after warm-up: 'constant', 'linear' or 'cosine' decay to 0", "constant")
     max_grad_norm: float = doc("gradient clipping by global norm (0: off)", 1.0)
+    state: str = doc("AdamW moments: 'fp32' (torch, fused) or '8bit' (bitsandbytes AdamW8bit: 2 instead of 8 bytes "
+                     "per parameter; `pip install bitsandbytes`)", "fp32")
 
 
 @dataclass
@@ -194,7 +196,7 @@ CHOICES = {
     "model.teacher_template": ("", "student", "teacher"), "data.pi_placement": ("system", "user"),
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
-    "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
+    "optim.schedule": ("constant", "linear", "cosine"), "optim.state": ("fp32", "8bit"), "run.parallel": ("ddp", "fsdp"),
     "rollout.engine": ("hf", "vllm"), "rollout.source": SOURCES, "teacher.combine": COMBINES,
 }
 
