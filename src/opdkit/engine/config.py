@@ -83,6 +83,9 @@ class RolloutConfig:
     engine: str = doc("sampler: 'hf' (transformers generate) or 'vllm' (colocated vllm.LLM, needs vllm and a GPU)", "hf")
     vllm_memory: float = doc("rollout.engine=vllm: fraction of GPU memory vLLM may take (weights + KV cache)", 0.3)
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
+    decode_batch: int = doc("rows per generate call, each row sampled from its own generator seeded by (step salt, "
+                            "row index), rows sorted by prompt length: more sequences per decode step than "
+                            "optim.micro_batch (0: one call per micro-batch, seeded per micro-batch)", 0)
     source: str = doc("who samples the responses (the prefixes): 'student' (on-policy), 'teacher' (the teacher "
                       "writes from its own prompt at this temperature and top_p) or 'mix' (opdkit.engine.prefix)", "student")
     student_fraction: float = doc("rollout.source=mix: probability that a response is student-sampled (GKD's "

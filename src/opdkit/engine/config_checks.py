@@ -54,7 +54,9 @@ def validate(cfg: Config, need_train: bool = True) -> None:
                           "or set optim.state=fp32")
     if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
         raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
-    for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
+    if cfg.rollout.decode_batch and cfg.rollout.engine != "hf":
+        raise ConfigError("rollout.decode_batch applies to the HF sampler; vLLM batches its own requests")
+    for key in ("objective.chunk_rows", "run.mmap_threshold_kib", "rollout.decode_batch"):
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 0:
             raise ConfigError(f"{key} must be 0 (automatic) or positive")
