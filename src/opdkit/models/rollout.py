@@ -77,10 +77,11 @@ class HFSampler:
         input_ids, attention = left_pad(prompts, self.pad_id, next(model.parameters()).device)
         rows = RowSeededSampling(row_seeds, temperature, top_p, record_topk) if row_seeds and not greedy else None
         sampled = not greedy and rows is None
+        # explicit sampling keys: a model's own defaults (top_k=50) must not leak in
         config = GenerationConfig(
             do_sample=sampled, temperature=temperature if sampled else None, top_p=top_p if sampled else None,
-            top_k=0, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            output_scores=rows is None, return_dict_in_generate=True)   # explicit: a model's own defaults (top_k=50) must not leak in
+            top_k=0 if sampled else None, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id, output_scores=rows is None, return_dict_in_generate=True)
         extra = {} if rows is None else {"logits_processor": LogitsProcessorList([rows])}
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, **extra)
