@@ -127,3 +127,26 @@ def test_8bit_state_without_bitsandbytes_is_one_config_error_naming_the_fix(monk
     with pytest.raises(ConfigError, match=r"optim.state must be one of"):
         load_config("distill", None, [*args, "optim.state=4bit"])
     assert load_config("distill", None, args).optim.state == "fp32"
+
+
+def test_a_run_with_8bit_state_and_row_seeded_decoding_resumes_as_if_uninterrupted(tiny_dir, tmp_path):
+    """The real runner with optim.state=8bit and rollout.decode_batch=4: 2 steps + resume to 4 ==
+    4 steps (metrics and weights), so both survive a checkpoint (the 8-bit state, the row seeds)."""
+    pytest.importorskip("bitsandbytes")
+    from conftest import engine_overrides
+    from safetensors.torch import load_file
+
+    from opdkit.engine.config import load_config
+    from opdkit.engine.metrics import read_metrics
+    from opdkit.engine.runner import run
+    extra = {"model.teacher": tiny_dir / "teacher", "optim.state": "8bit", "rollout.decode_batch": 4}
+    config = lambda out, steps: load_config("distill", overrides=engine_overrides(tiny_dir, tmp_path / out, **extra,
+                                                                                 **{"optim.steps": steps}))
+    full = run(config("full", 4))
+    run(config("cut", 2))
+    run(config("cut", 4), resume=True)
+    comparable = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    assert comparable(read_metrics(tmp_path / "cut" / "metrics.jsonl")) == comparable(full)
+    weights = lambda out: load_file(str(tmp_path / out / "checkpoints" / "step_00000004" / "student.safetensors"))
+    a, b = weights("full"), weights("cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)

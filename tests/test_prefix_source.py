@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -50,8 +50,8 @@ def validate(cfg: Config, need_train: bool = True) -> None:
             raise ConfigError(f"{key} must be at least 1")
     validate_drop_layers(cfg.model.drop_layers, cfg.model.drop_layers_every)
     if cfg.optim.state == "8bit" and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("optim.state=8bit needs bitsandbytes (CPU support from 0.49): `pip install bitsandbytes`, "
-                          "or set optim.state=fp32")
+        raise ConfigError("optim.state=8bit needs bitsandbytes (its CPU path was verified with 0.50.2): "
+                          "`pip install bitsandbytes`, or set optim.state=fp32")
     if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
         raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
     if cfg.rollout.decode_batch and cfg.rollout.engine != "hf":

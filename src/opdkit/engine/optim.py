@@ -63,10 +63,10 @@ def adamw(params: list, **options) -> torch.optim.AdamW:
 def adamw_8bit(params: list, **options):
     """bitsandbytes' AdamW8bit: both moments blockwise-quantised to uint8 (absmax per 256 values,
     dynamic quantisation map), 2 bytes per parameter instead of 8; it runs on CPU tensors
-    (bitsandbytes >= 0.49). Tensors under 4096 values (norms) keep fp32 moments, its default.
+    (verified with bitsandbytes 0.50.2). Tensors under 4096 values (norms) keep fp32 moments, its default.
     BENCHMARKS.md `Issue 19 (session 5)` has the measured memory and the drift against fp32 AdamW.
     """
-    import bitsandbytes       # an optional dependency: config_checks refuses optim.state=8bit without it
+    import bitsandbytes  # an optional dependency: config_checks refuses optim.state=8bit without it
     return bitsandbytes.optim.AdamW8bit(params, **options)
 
 

@@ -15,8 +15,8 @@ but its seed and the weights, so rows can be decoded in batches of any size and 
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Protocol
 
 import torch
