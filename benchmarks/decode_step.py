@@ -87,7 +87,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from opdkit.models import keep_every_nth_layer
+    from opdkit.models.loading import keep_every_nth_layer
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32).eval()

@@ -7,7 +7,8 @@ global batch). DDP sums gradients in the same order as one process's micro-batch
 its numbers are expected bit-equal; FSDP2's reduce-scatter sums shards in another order,
 so it gets a 1e-6 relative tolerance. Rollouts are compared too (the distill test): each
 micro-batch is sampled under a seed from the global row index, so the same responses come
-out whatever rank draws them.
+out whatever rank draws them; with rollout.decode_batch each row has its own seed, and one
+process decoding 3 rows per call equals two ranks decoding 2 each.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def test_fsdp_two_processes_equal_one_process_and_resume_at_world_size_one(tiny_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,values", [("distill", {"model.teacher": "TEACHER"}),
+                                         ("distill", {"model.teacher": "TEACHER", "rollout.decode_batch": 3}),
                                          ("distill", {"model.teacher": "TEACHER", "rollout.source": "mix",
                                                       "rollout.student_fraction": 0.5}),
                                          ("grpo", {"rollout.samples_per_prompt": 2, "rollout.temperature": 2.0})])

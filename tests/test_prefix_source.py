@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,17 @@ def test_decoupling_presets_are_documented_and_load(tiny_dir, tmp_path):
             "model.teacher": tiny_dir / "teacher"}) + overrides)
         assert (cfg.rollout.source, cfg.objective_name) == (cell["rollout.source"], cell["objective.name"])
     assert "rollout.source=mix rollout.student_fraction=" in doc
+
+
+def test_decode_batch_rows_do_not_depend_on_which_rank_or_call_drew_them(tiny_dir, tmp_path):
+    """rollout.decode_batch: rows seeded by (salt, global index). Two 'ranks' (items 0-1 and 2-3,
+    first = 0 and 2) decoding 1 row per call give the rows one process decodes 4 per call."""
+    s, c, state = _session(tiny_dir, tmp_path / "d", **{"rollout.decode_batch": 4})
+    whole = collect(s, c, s.items[:4], state.max_new_tokens, salt=11, first=0)
+    one_by_one = replace(c, decode_batch=1)
+    ranks = [collect(s, one_by_one, s.items[:2], state.max_new_tokens, salt=11, first=0),
+             collect(s, one_by_one, s.items[2:4], state.max_new_tokens, salt=11, first=2)]
+    assert ranks[0].response_ids + ranks[1].response_ids == whole.response_ids
+    assert [r.example for r in s.items[:4]] == whole.meta
+    other = collect(s, c, s.items[:4], state.max_new_tokens, salt=12, first=0)
+    assert other.response_ids != whole.response_ids                         # another step's salt, other rows

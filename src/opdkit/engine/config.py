@@ -83,6 +83,9 @@ class RolloutConfig:
     engine: str = doc("sampler: 'hf' (transformers generate) or 'vllm' (colocated vllm.LLM, needs vllm and a GPU)", "hf")
     vllm_memory: float = doc("rollout.engine=vllm: fraction of GPU memory vLLM may take (weights + KV cache)", 0.3)
     record_topk: int = doc("also record the sampler's top-k ids and log-probs (0: off)", 0)
+    decode_batch: int = doc("rows per generate call, each row sampled from its own generator seeded by (step salt, "
+                            "row index), rows sorted by prompt length: more sequences per decode step than "
+                            "optim.micro_batch (0: one call per micro-batch, seeded per micro-batch)", 0)
     source: str = doc("who samples the responses (the prefixes): 'student' (on-policy), 'teacher' (the teacher "
                       "writes from its own prompt at this temperature and top_p) or 'mix' (opdkit.engine.prefix)", "student")
     student_fraction: float = doc("rollout.source=mix: probability that a response is student-sampled (GKD's "
@@ -130,6 +133,8 @@ class OptimConfig:
     warmup_steps: int = doc("linear warm-up steps", 0)
     schedule: str = doc("after warm-up: 'constant', 'linear' or 'cosine' decay to 0", "constant")
     max_grad_norm: float = doc("gradient clipping by global norm (0: off)", 1.0)
+    state: str = doc("AdamW moments: 'fp32' (torch, fused) or '8bit' (bitsandbytes AdamW8bit: 2 instead of 8 bytes "
+                     "per parameter; `pip install bitsandbytes`)", "fp32")
 
 
 @dataclass
@@ -195,7 +200,7 @@ CHOICES = {
     "model.teacher_template": ("", "student", "teacher"), "data.pi_placement": ("system", "user"),
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
-    "optim.schedule": ("constant", "linear", "cosine"), "run.parallel": ("ddp", "fsdp"),
+    "optim.schedule": ("constant", "linear", "cosine"), "optim.state": ("fp32", "8bit"), "run.parallel": ("ddp", "fsdp"),
     "rollout.engine": ("hf", "vllm"), "rollout.source": SOURCES, "teacher.combine": COMBINES,
 }
 

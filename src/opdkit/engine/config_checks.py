@@ -8,6 +8,7 @@ guard's rules with their switch objectives.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 from typing import TYPE_CHECKING
 
@@ -49,9 +50,14 @@ def validate(cfg: Config, need_train: bool = True) -> None:
         if getattr(getattr(cfg, section), leaf) < 1:
             raise ConfigError(f"{key} must be at least 1")
     validate_drop_layers(cfg.model.drop_layers, cfg.model.drop_layers_every)
+    if cfg.optim.state == "8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("optim.state=8bit needs bitsandbytes (its CPU path was verified with 0.50.2): "
+                          "`pip install bitsandbytes`, or set optim.state=fp32")
     if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
         raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
-    for key in ("objective.chunk_rows", "run.mmap_threshold_kib"):
+    if cfg.rollout.decode_batch and cfg.rollout.engine != "hf":
+        raise ConfigError("rollout.decode_batch applies to the HF sampler; vLLM batches its own requests")
+    for key in ("objective.chunk_rows", "run.mmap_threshold_kib", "rollout.decode_batch"):
         section, leaf = key.split(".")
         if getattr(getattr(cfg, section), leaf) < 0:
             raise ConfigError(f"{key} must be 0 (automatic) or positive")

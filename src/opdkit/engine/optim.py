@@ -1,7 +1,8 @@
 """The optimizer and its learning-rate schedule, from values.
 
 `OptimSettings` holds what the optimizer reads from the config (built once at the boundary).
-`make_optimizer` returns AdamW (fused where torch has a kernel for the tensors) and a
+`make_optimizer` returns AdamW (fused where torch has a kernel for the tensors; with
+`optim.state=8bit`, bitsandbytes' AdamW8bit, whose moments are blockwise-quantised uint8) and a
 LambdaLR with linear warm-up and constant, linear or cosine decay; `set_peak_lr` changes the
 peak learning rate mid-run at the schedule's current position (the guard's `lr_factor`).
 """
@@ -22,17 +23,20 @@ class OptimSettings:
     steps: int
     schedule: str                 # constant | linear | cosine
     max_grad_norm: float          # 0: no clipping
+    state: str = "fp32"           # AdamW moments: fp32 | 8bit
 
     @classmethod
     def from_config(cls, cfg) -> "OptimSettings":
         o = cfg.optim
-        return cls(o.lr, tuple(o.betas), o.weight_decay, o.warmup_steps, o.steps, o.schedule, o.max_grad_norm)
+        return cls(o.lr, tuple(o.betas), o.weight_decay, o.warmup_steps, o.steps, o.schedule, o.max_grad_norm,
+                   o.state)
 
 
 def make_optimizer(student: torch.nn.Module, o: OptimSettings):
     """(AdamW over the trainable parameters, its LambdaLR schedule)."""
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    options = dict(lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    optimizer = adamw_8bit(params, **options) if o.state == "8bit" else adamw(params, **options)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, o.warmup_steps, o.steps, o.schedule))
     return optimizer, schedule
@@ -54,6 +58,16 @@ def adamw(params: list, **options) -> torch.optim.AdamW:
         except (RuntimeError, ValueError):       # a dtype or device the fused kernel does not take
             pass
     return torch.optim.AdamW(params, **options)
+
+
+def adamw_8bit(params: list, **options):
+    """bitsandbytes' AdamW8bit: both moments blockwise-quantised to uint8 (absmax per 256 values,
+    dynamic quantisation map), 2 bytes per parameter instead of 8; it runs on CPU tensors
+    (verified with bitsandbytes 0.50.2). Tensors under 4096 values (norms) keep fp32 moments, its default.
+    BENCHMARKS.md `Issue 19 (session 5)` has the measured memory and the drift against fp32 AdamW.
+    """
+    import bitsandbytes  # an optional dependency: config_checks refuses optim.state=8bit without it
+    return bitsandbytes.optim.AdamW8bit(params, **options)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:

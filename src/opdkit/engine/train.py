@@ -27,7 +27,7 @@ from opdkit.engine.session import Session
 from opdkit.models.checkpoint import seeded
 from opdkit.models.forward import pack, pad_rows, student_head
 from opdkit.models.multiteacher import kept_rows, local_models, per_teacher_means, per_teacher_sums
-from opdkit.models.rollout import Rollouts
+from opdkit.models.rollout import Rollouts, sample_in_decode_batches
 from opdkit.objectives import group_advantages
 from opdkit.objectives.logprobs import chunked_objective_loss, objective_loss
 from opdkit.objectives.reduction import token_weights
@@ -58,6 +58,7 @@ class StepSettings:
     check: str                    # rule check ('' = none)
     optim: OptimSettings
     student_fraction: float = 1.0  # rollout.source: 1 student, 0 teacher, else mix (opdkit.engine.prefix)
+    decode_batch: int = 0          # rows per generate call with per-row seeds (0: per micro-batch seeds)
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
@@ -66,7 +67,7 @@ class StepSettings:
                    cfg.optim.micro_batch, r.temperature, r.top_p, r.record_topk, cfg.teacher.sft_traces,
                    cfg.reward.kind, o.chunked, o.chunk_rows, o.mask_special, cfg.run.diagnostics,
                    tuple(cfg.run.hedge_words), cfg.run.check, OptimSettings.from_config(cfg),
-                   student_fraction(r.source, r.student_fraction))
+                   student_fraction(r.source, r.student_fraction), r.decode_batch)
 
 
 # ----------------------------------------------------------------------------- responses
@@ -77,6 +78,8 @@ def collect(s: Session, c: StepSettings, items: list, max_new_tokens: int, salt:
 
     With `salt`, each micro-batch samples under the seed salt + the global index of its first
     response (`first` is that of items[0]), so a response does not depend on which rank drew it.
+    With `decode_batch`, every row samples from its own generator seeded by salt + its global index,
+    in generate calls of decode_batch rows sorted by prompt length (more rows per decode step).
     """
     expanded = [it for it in items for _ in range(c.group)]
     if c.mode == "sft":
@@ -88,11 +91,17 @@ def collect(s: Session, c: StepSettings, items: list, max_new_tokens: int, salt:
         out.meta = [it.example for it in expanded]
         return out
     model, parts = s.rollout_model(), []
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=c.temperature, top_p=c.top_p, record_topk=c.record_topk)
+    if c.decode_batch and salt is not None:       # a row's seed is salt + its global index, whatever batch it is in
+        out = sample_in_decode_batches(s.sampler, model, [it.prompt_ids for it in expanded],
+                                       [salt + first * c.group + i for i in range(len(expanded))], c.decode_batch,
+                                       **sampling)
+        out.meta = [it.example for it in expanded]
+        return out
     for i, chunk in enumerate(batches(expanded, c.micro_batch)):
         seed = None if salt is None else salt + first * c.group + i * c.micro_batch
         with seeded(seed) if seed is not None else contextlib.nullcontext():
-            parts.append(s.sampler.sample(model, [it.prompt_ids for it in chunk], max_new_tokens=max_new_tokens,
-                                          temperature=c.temperature, top_p=c.top_p, record_topk=c.record_topk))
+            parts.append(s.sampler.sample(model, [it.prompt_ids for it in chunk], **sampling))
     out = Rollouts.concat(parts)
     out.meta = [it.example for it in expanded]
     return out

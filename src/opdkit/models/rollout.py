@@ -8,11 +8,15 @@ top-p), which the objectives use as the behaviour policy for the importance rati
 `LowPrecisionCopy` is a bf16 copy of the student for rollouts (`rollout.sampler_dtype`):
 decoding a few sequences reads every weight per token, so half the bytes is up to twice
 the tokens per second; the trainer keeps its fp32 weights and syncs the copy every step.
+`RowSeededSampling` (with `row_seeds`, `rollout.decode_batch`) draws each row's tokens from its
+own generator, seeded by (step salt, global row index): a response then depends on nothing
+but its seed and the weights, so rows can be decoded in batches of any size and order.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Protocol
 
 import torch
@@ -66,20 +70,32 @@ class HFSampler:
     pad_id: int
 
     def sample(self, model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, greedy: bool = False, record_topk: int = 0) -> Rollouts:
-        from transformers import GenerationConfig
+               top_p: float = 1.0, greedy: bool = False, record_topk: int = 0,
+               row_seeds: list[int] | None = None) -> Rollouts:
+        """With `row_seeds` (one per prompt) row i samples from its own generator (RowSeededSampling)."""
+        from transformers import GenerationConfig, LogitsProcessorList
         input_ids, attention = left_pad(prompts, self.pad_id, next(model.parameters()).device)
+        rows = RowSeededSampling(row_seeds, temperature, top_p, record_topk) if row_seeds and not greedy else None
+        sampled = not greedy and rows is None
+        # explicit sampling keys: a model's own defaults (top_k=50) must not leak in
         config = GenerationConfig(
-            do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-            top_k=0, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            output_scores=True, return_dict_in_generate=True)   # explicit: a model's own defaults (top_k=50) must not leak in
+            do_sample=sampled, temperature=temperature if sampled else None, top_p=top_p if sampled else None,
+            top_k=0 if sampled else None, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id, output_scores=rows is None, return_dict_in_generate=True)
+        extra = {} if rows is None else {"logits_processor": LogitsProcessorList([rows])}
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, **extra)
         new = out.sequences[:, input_ids.shape[1]:]                      # (B, steps)
-        scores = torch.stack(out.scores, dim=1).float() if out.scores else new.new_zeros(new.shape + (1,)).float()
-        logmu = F.log_softmax(scores, dim=-1)                          # what was sampled from
-        chosen = logmu.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        top = logmu.topk(record_topk, dim=-1) if record_topk else None
+        if rows is not None:
+            chosen, top = rows.recorded(new.shape)
+        else:
+            scores = torch.stack(out.scores, dim=1).float() if out.scores else new.new_zeros(new.shape + (1,)).float()
+            logmu = F.log_softmax(scores, dim=-1)                          # what was sampled from
+            chosen = logmu.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            top = logmu.topk(record_topk, dim=-1) if record_topk else None
+        return self._rollouts(prompts, new, chosen, top)
+
+    def _rollouts(self, prompts: list[list[int]], new: Tensor, chosen: Tensor, top) -> Rollouts:
         rollouts = Rollouts([list(p) for p in prompts], [], [], [],
                             [] if top else None, [] if top else None)
         for row in range(new.shape[0]):
@@ -91,6 +107,61 @@ class HFSampler:
                 rollouts.topk_ids.append(top.indices[row, :n].clone())
                 rollouts.topk_logprobs.append(top.values[row, :n].clone())
         return rollouts
+
+
+class RowSeededSampling:
+    """A logits processor that samples every row from its own torch.Generator, then forces that token.
+
+    generate runs greedy around it, so the token it leaves unmasked is the one emitted. The draw
+    is argmax(log mu - log E) with E ~ Exp(1) i.i.d. per token from the row's generator: an exact
+    sample from mu (the exponential race, equivalent to Gumbel-max), where mu is softmax(logits / T)
+    restricted to the top-p nucleus by transformers' own warpers, as in `do_sample`. It records
+    log mu of each chosen token (and the top-k), the behaviour policy, instead of whole score rows.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, record_topk: int = 0):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
+                       ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.record_topk = record_topk
+        self.chosen, self.top_ids, self.top_values = [], [], []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        logmu = F.log_softmax(scores.float(), dim=-1)
+        race = torch.stack([torch.empty(scores.shape[-1]).exponential_(generator=g) for g in self.generators])
+        choice = (logmu - race.to(logmu.device).log()).argmax(-1, keepdim=True)       # (B, 1)
+        self.chosen.append(logmu.gather(-1, choice).squeeze(-1))
+        if self.record_topk:
+            top = logmu.topk(self.record_topk, dim=-1)
+            self.top_ids.append(top.indices)
+            self.top_values.append(top.values)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
+
+    def recorded(self, shape: torch.Size):
+        """(B, steps) log mu of the chosen tokens and (indices, values) of the top-k, or None."""
+        if not self.chosen:
+            return torch.zeros(shape), None
+        chosen = torch.stack(self.chosen, 1)
+        if not self.record_topk:
+            return chosen, None
+        return chosen, SimpleNamespace(values=torch.stack(self.top_values, 1), indices=torch.stack(self.top_ids, 1))
+
+
+def sample_in_decode_batches(sampler, model, prompts: list[list[int]], seeds: list[int], decode_batch: int,
+                             **sampling) -> Rollouts:
+    """Rows sorted by prompt length (less left padding), `decode_batch` per generate call, each row
+    seeded by its own seed; returned in the input order. A row's response does not depend on
+    which rows share its call, so any decode_batch and any rank split give the same responses."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    parts = [sampler.sample(model, [prompts[i] for i in chunk], row_seeds=[seeds[i] for i in chunk], **sampling)
+             for chunk in [order[j:j + decode_batch] for j in range(0, len(order), decode_batch)]]
+    merged, where = Rollouts.concat(parts), {row: k for k, row in enumerate(order)}
+    pick = lambda values: None if values is None else [values[where[i]] for i in range(len(prompts))]
+    return Rollouts(pick(merged.prompt_ids), pick(merged.response_ids), pick(merged.sampler_logprobs),
+                    pick(merged.finished), pick(merged.topk_ids), pick(merged.topk_logprobs))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:

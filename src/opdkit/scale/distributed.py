@@ -157,6 +157,9 @@ def setup(s, strategy: str = "ddp") -> Dist:
     if strategy == "fsdp" and s.rollout_copy is not None:
         raise ConfigError("rollout.sampler_dtype with run.parallel=fsdp is not supported (the copy syncs from full "
                           "weights); use run.parallel=ddp or leave rollout.sampler_dtype empty")
+    if strategy == "fsdp" and s.cfg.optim.state != "fp32":
+        raise ConfigError("optim.state=8bit with run.parallel=fsdp is not supported (bitsandbytes does not take "
+                          "sharded DTensor parameters); use run.parallel=ddp or optim.state=fp32")
     if s.cfg.optim.prompts_per_step % world:
         raise ConfigError(f"optim.prompts_per_step={s.cfg.optim.prompts_per_step} must be a multiple of the world size "
                           f"{world} so that every rank gets the same number of prompts")
