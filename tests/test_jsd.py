@@ -55,7 +55,11 @@ def test_normalised_family_is_accurate_arbitrarily_close_to_the_ends(dtype, tol)
     rounding error by beta and returned -0.06. Values and gradients must approach FKL and RKL."""
     z, zt = _pair(3, dtype=dtype)
     for end, name in ((0.0, "fkl"), (1.0, "rkl")):
-        for gap in (1e-9, 1e-12, 1e-15):       # the exact gap to the limit is O(gap), here < 1e3 gap
+        # the exact gap to the limit is O(gap), here < 1e3 gap; 1e-40 and the subnormal 5e-324 (hypothesis,
+        # session 5) underflow exp(log beta + log q - log p) and gave loss 1.0 at p = q before the eps^2 cut
+        for gap in (1e-9, 1e-12, 1e-15, 1e-40, 5e-324):
+            if end == 1.0 and 1.0 - gap == 1.0:
+                continue                        # beta is exactly 1 there: the RKL branch, tested above
             beta = gap if end == 0.0 else 1.0 - gap
             x = z.clone().requires_grad_()
             loss, limit = _loss("jsd_norm", x, zt, beta=beta), _loss(name, x, zt)

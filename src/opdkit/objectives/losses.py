@@ -136,6 +136,10 @@ def _jsd_family(logp: Tensor, logq: Tensor, beta: float, normalised: bool) -> Te
     With m = beta q + (1 - beta) p, JSD = beta KL(q||m) + (1 - beta) KL(p||m). The normalised
     form is written as KL(q||m)/(1-beta) + KL(p||m)/beta so no term is divided after it vanished.
     """
+    if normalised and beta < torch.finfo(logp.dtype).eps ** 2:
+        # The O(beta) distance from FKL is below the dtype's precision here, while exp(log beta + log q
+        # - log p) underflows and drops the chi2 term: beta = 5e-324 gave loss 1.0 at p = q.
+        beta = 0.0
     if beta == 0.0:
         return _kl(logq, logp)
     if beta == 1.0:
