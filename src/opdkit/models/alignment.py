@@ -79,7 +79,7 @@ def align(text: str, student_starts: list[int | None], teacher_ids: list[int],
     end = len(text)
     common = ({p for p in student_starts if p is not None and p < end}
               & {p for p in teacher_starts if p is not None and p < end}) | {0}
-    bounds = sorted(common) + [end]
+    bounds = sorted(common) + [end] if text else [0]        # no text: no text chunks
     index = {p: c for c, p in enumerate(bounds[:-1])}
     return Alignment(text, list(teacher_ids), _chunk_of(student_starts, index), _chunk_of(teacher_starts, index),
                      bounds)
