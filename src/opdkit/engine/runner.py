@@ -26,6 +26,7 @@ from opdkit.engine import rundir
 from opdkit.engine.config import Config, save_config
 from opdkit.engine.divergence import WeightWatch
 from opdkit.engine.evaluate import evaluate_session, gap_recovery, identity_self_test
+from opdkit.objectives import teacher_mismatch
 from opdkit.engine.guard import Alarm, Guard, describe_alarm, most_severe, plan_rollback
 from opdkit.engine.metrics import MetricLog, read_metrics, warn
 from opdkit.engine.optim import make_optimizer, set_peak_lr
@@ -231,6 +232,15 @@ class Runner:
         if self.guard is not None:
             self.guard.retire_fixed_by(name)
 
+    def can_serve(self, name: str) -> bool:
+        """Whether the run's teacher can serve objective `name` (a cross-tokenizer teacher cannot serve the
+        guard's default remedy, student-support top-K); logs a skipped switch."""
+        options = self.loop_settings.objective_options
+        problem = None if self.s.teacher is None else teacher_mismatch(name, options, self.s.teacher.provides)
+        if problem:
+            self.log.event(self.step, "switch_skipped", objective=name, reason=problem)
+        return problem is None
+
     # ---------------------------------------------------------------- the guard's actions
     def act(self, alarms: list[Alarm]) -> bool:
         """Log every alarm; carry out the most severe action. True when the run rolled back."""
@@ -261,7 +271,7 @@ class Runner:
         if plan.lr_scale != self.state.lr_scale:
             self.state.lr_scale = plan.lr_scale
             set_peak_lr(self.parts.optimizer, self.parts.scheduler, self.settings.optim, plan.lr_scale)
-        if plan.objective:
+        if plan.objective and self.can_serve(plan.objective):
             self.switch_objective(plan.objective)
         torch.manual_seed(self.loop_settings.seed + 7919 * self.state.rollbacks)   # a replay must not repeat the samples
         self.guard.reset_tracks()
