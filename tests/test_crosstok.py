@@ -302,6 +302,8 @@ def xtok_dir(tmp_path_factory, pair):
     lossy.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(),
                                                                normalizers.Replace(" ", "\u2581")])
     save_tiny(root / "lossy", layers=1, seed=1, tokenizer=lossy)
+    from transformers import ByT5Tokenizer            # slow (pure Python): no offsets, aligned by decoding
+    save_tiny(root / "bytes", layers=1, seed=1, tokenizer=ByT5Tokenizer())
     with open(root / "train.jsonl", "w") as fh:
         for i in range(8):
             fh.write(json.dumps({"prompt": f"what is {i} plus 2?", "answer": str(i + 2)}) + "\n")
@@ -344,23 +346,39 @@ def test_bad_cross_tokenizer_inputs_through_the_cli(xtok_dir, tmp_path):
         assert re.search(pattern, lines[0]), (name, lines[0])
 
 
+def _tiny_run_args(t: Path) -> list[str]:
+    return ["distill", f"model.student={t / 'student'}", f"model.teacher={t / 'teacher'}",
+            f"data.train={t / 'train.jsonl'}", f"data.eval={t / 'train.jsonl'}", "optim.steps=2",
+            "optim.prompts_per_step=4", "optim.micro_batch=2", "rollout.max_new_tokens=6", "run.progress=false",
+            "run.threads=1", "run.eval_every=2", "run.eval_limit=4", "optim.lr=1e-3", "objective.chunk_rows=3"]
+
+
+def _check_run(out: Path) -> None:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/loss" in r]
+    assert len(train) == 2 and all(torch.isfinite(torch.tensor(r["train/loss"])) for r in train)
+    assert all(0.0 <= r["diag/align_single"] <= 1.0 and 0.0 < r["diag/align_shared"] <= 1.0 for r in train)
+    evals = [r for r in rows if "eval/teacher_nll" in r]
+    assert [r["step"] for r in evals] == [0, 2] and all(r["eval/teacher_nll"] > 0 for r in evals)
+    assert list((out / "checkpoints").iterdir())
+
+
 def test_tiny_cross_tokenizer_distill_end_to_end(xtok_dir, tmp_path):
-    t = xtok_dir
-    common = ["distill", f"model.student={t / 'student'}", f"model.teacher={t / 'teacher'}",
-              f"data.train={t / 'train.jsonl'}", f"data.eval={t / 'train.jsonl'}", "optim.steps=2",
-              "optim.prompts_per_step=4", "optim.micro_batch=2", "rollout.max_new_tokens=6", "run.progress=false",
-              "run.threads=1", "run.eval_every=2", "run.eval_limit=4", "optim.lr=1e-3", "objective.chunk_rows=3"]
-    cases = {"chunk_rkl": [*common, "objective.name=chunk_rkl", f"run.out={tmp_path / 'chunk'}"],
-             "shared_topk": [*common, "objective.name=shared_topk", "objective.options={k: 5}",
+    common = _tiny_run_args(xtok_dir)
+    results = _run_cli({"chunk_rkl": [*common, "objective.name=chunk_rkl", f"run.out={tmp_path / 'chunk'}"],
+                        "preflight": ["preflight", *common[1:], "objective.name=chunk_rkl"]}, tmp_path)
+    assert all(r["code"] == 0 for r in results.values()), results
+    _check_run(tmp_path / "chunk")
+
+
+@pytest.mark.slow
+def test_tiny_cross_tokenizer_shared_topk_and_a_slow_teacher_tokenizer(xtok_dir, tmp_path):
+    common = _tiny_run_args(xtok_dir)
+    cases = {"shared_topk": [*common, "objective.name=shared_topk", "objective.options={k: 5}",
                              f"run.out={tmp_path / 'topk'}"],
-             "preflight": ["preflight", *common[1:], "objective.name=chunk_rkl"]}
+             "slow_teacher": [*common, f"model.teacher={xtok_dir / 'bytes'}", "objective.name=chunk_rkl",
+                              f"run.out={tmp_path / 'bytes'}"]}
     results = _run_cli(cases, tmp_path)
     assert all(r["code"] == 0 for r in results.values()), results
-    for name, out in (("chunk_rkl", "chunk"), ("shared_topk", "topk")):
-        rows = [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
-        train = [r for r in rows if "train/loss" in r]
-        assert len(train) == 2 and all(torch.isfinite(torch.tensor(r["train/loss"])) for r in train)
-        assert all(0.0 <= r["diag/align_single"] <= 1.0 and 0.0 < r["diag/align_shared"] <= 1.0 for r in train)
-        evals = [r for r in rows if "eval/teacher_nll" in r]
-        assert [r["step"] for r in evals] == [0, 2] and all(r["eval/teacher_nll"] > 0 for r in evals)
-        assert list((tmp_path / out / "checkpoints").iterdir())
+    _check_run(tmp_path / "topk")
+    _check_run(tmp_path / "bytes")
