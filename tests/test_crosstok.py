@@ -382,3 +382,19 @@ def test_tiny_cross_tokenizer_shared_topk_and_a_slow_teacher_tokenizer(xtok_dir,
     assert all(r["code"] == 0 for r in results.values()), results
     _check_run(tmp_path / "topk")
     _check_run(tmp_path / "bytes")
+
+
+def test_which_objectives_a_cross_tokenizer_teacher_serves():
+    from opdkit.objectives import describe
+    from opdkit.objectives.capabilities import cross_tokenizer_problem
+    works = [("chunk_rkl", {}), ("shared_topk", {}), ("topk_fkl_teacher", {}), ("topk_rkl", {"support": "teacher"}),
+             ("topk_rkl_tail", {"support": "intersection"}), ("sft", {})]
+    refused = [("rkl", {}), ("fkl", {}), ("jsd", {}), ("jsd_norm", {}), ("kl_mix", {}), ("sampled_rkl", {}),
+               ("topk_rkl_tail", {}), ("topk_rkl", {"support": "union"}),
+               ("topk_rkl", {"support": "teacher", "include_sampled": True})]
+    assert all(cross_tokenizer_problem(n, o) is None for n, o in works)
+    for name, options in refused:
+        assert "chunk_rkl, topk_fkl_teacher, shared_topk" in cross_tokenizer_problem(name, options)
+    lines = {line.split()[0]: line for line in describe().splitlines() if line and not line.startswith(" ")}
+    assert "cross-tokenizer" in lines["chunk_rkl"] and "cross-tokenizer" not in lines["rkl"]
+    assert "served top-k" in lines["sampled_rkl"] and "cross-tokenizer" not in lines["sampled_rkl"]
