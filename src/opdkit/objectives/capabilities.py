@@ -83,7 +83,8 @@ def prefix_problem(name: str, options: dict) -> str | None:
 def teacher_prefix_objectives() -> str:
     """The objectives that learn from teacher-sampled prefixes, for messages."""
     names = [n for n, s in OBJECTIVES.items() if s.teacher != NO_TEACHER and s.prefixes == ANY_PREFIX]
-    return ", ".join(names + ["sampled_rkl without clip", "sft"])
+    ratio = [f"{n} without clip" for n, s in OBJECTIVES.items() if s.prefixes == RATIO]
+    return ", ".join(names + ratio + ["sft"])
 
 
 def describe() -> str:

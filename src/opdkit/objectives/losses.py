@@ -264,14 +264,6 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "sampled_rkl": ObjectiveSpec(sampled_rkl, {}, TOP_K, True,
         "Sampled-token RKL, policy-gradient form -sg(log q - log p)(y) log p(y); optional ratio vs sampler",
         "p = q (unbiased estimate of the full RKL gradient)", prefixes=RATIO),
-    "chunk_rkl": ObjectiveSpec(chunk_rkl, {}, TOP_K, True,
-        "Sampled RKL over aligned chunks: every token of chunk c gets reward log Q(c) - log P(c) (cross-tokenizer "
-        "baseline; with one tokenizer, sampled_rkl)", "p = q on every chunk's text", prefixes=RATIO,
-        cross_tokenizer=True),
-    "shared_topk": _topk(topk_rkl, {"support": "teacher", "norm": "tail"}, True,
-        "Top-K RKL on the teacher's top-K with a tail bucket; cross-tokenizer: the top-K of tokens both "
-        "vocabularies spell the same, at chunk starts, unmatched mass in the tail (GOLD/ULD-like)",
-        "p = q on the shared top-K and P_tail = Q_tail"),
     "rkl": ObjectiveSpec(rkl, {}, FULL, True, "Full-vocabulary reverse KL(p || q)", "p = q"),
     "fkl": ObjectiveSpec(fkl, {}, FULL, True, "Full-vocabulary forward KL(q || p)", "p = q"),
     "jsd": ObjectiveSpec(jsd, {}, FULL, True,
@@ -297,6 +289,14 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "topk_fkl_teacher": ObjectiveSpec(topk_fkl_teacher, {}, TOP_K, False,
         "Teacher top-K forward KL -sum_{K_T} q log p (verl forward_kl_topk)",
         "p = q/Q_K on K_T, 0 elsewhere (over-concentrates)", cross_tokenizer=True),
+    "chunk_rkl": ObjectiveSpec(chunk_rkl, {}, TOP_K, True,
+        "Sampled RKL over aligned chunks: every token of chunk c gets reward log Q(c) - log P(c) (cross-tokenizer "
+        "baseline; with one tokenizer, sampled_rkl)", "p = q on every chunk's text", prefixes=RATIO,
+        cross_tokenizer=True),
+    "shared_topk": _topk(topk_rkl, {"support": "teacher", "norm": "tail"}, True,
+        "Top-K RKL on the teacher's top-K with a tail bucket; cross-tokenizer: the top-K of tokens both "
+        "vocabularies spell the same, at chunk starts, unmatched mass in the tail (GOLD/ULD-like)",
+        "p = q on the shared top-K and P_tail = Q_tail"),
     "sft": ObjectiveSpec(sft, {}, NO_TEACHER, None, "NLL of given tokens (SFT on teacher traces)",
         "p = the data distribution"),
     "grpo": ObjectiveSpec(grpo, {}, NO_TEACHER, None,
@@ -370,7 +370,8 @@ def _validate_options(name: str, options: dict) -> None:
 
 def cross_tokenizer_objectives() -> str:
     """The objectives a teacher with another tokenizer supports, for messages."""
-    plain = [n for n, s in OBJECTIVES.items() if s.cross_tokenizer and not s.support_decides]
+    plain = sorted((n for n, s in OBJECTIVES.items() if s.cross_tokenizer and not s.support_decides),
+                   key=lambda n: n != "chunk_rkl")          # the baseline first
     named = [n for n, s in OBJECTIVES.items() if s.support_decides and s.options.get("support") == "teacher"]
     return ", ".join(plain + named + ["topk_rkl* with support=teacher or intersection (no include_sampled)"])
 
