@@ -37,6 +37,7 @@ from opdkit.errors import USER_ERRORS, ConfigError, Interrupted, UsageError, no_
 from opdkit.lab import fixed_points, prefix_source, reproduce, sweep
 from opdkit.models import checkpoint
 from opdkit.objectives import describe
+from opdkit.objectives.losses import XTOK
 from opdkit.recipes.recipe import load_recipe, run_recipe
 from opdkit.tasks.arithmetic import write_task
 
@@ -127,6 +128,10 @@ def _probe(args: argparse.Namespace) -> int:
     import json
     mode = args.mode or ("self-distill" if args.probe == "pi" else "distill")
     session = build_session(load_config(mode, args.config, args.overrides))
+    if getattr(session.teacher, "provides", None) == XTOK:
+        raise ConfigError(f"opdkit probe {args.probe} compares the two models' token distributions, which needs one "
+                          f"tokenizer; for a teacher with another tokenizer `opdkit preflight` reports alignment "
+                          f"coverage and `opdkit eval` the teacher's NLL of the student's answers")
     result = PROBES[args.probe](session, prompts=args.prompts)
     print(format_probe(args.probe, result))
     if args.out is not None:
