@@ -336,7 +336,7 @@ def test_bad_cross_tokenizer_inputs_through_the_cli(xtok_dir, tmp_path):
                            r"model\.teachers\.a .* another tokenizer .* mixture .* use it alone"),
         "teacher_prefixes": ([*xtok, "objective.name=chunk_rkl", "rollout.source=teacher", f"run.out={tmp_path / 'f'}"],
                              r"rollout\.source=teacher: the teacher has another tokenizer"),
-        "probe": (["probe", "pair", *xtok[1:], "objective.name=chunk_rkl"], r"opdkit probe pair .* needs one tokenizer"),
+        "probe": (["probe", "pair", *xtok[1:], "objective.name=chunk_rkl"], r"probe pair needs a local teacher .* a teacher with another tokenizer"),
     }
     results = _run_cli({name: argv for name, (argv, _) in cases.items()}, tmp_path)
     import re

@@ -28,7 +28,7 @@ from pathlib import Path
 from opdkit.analysis.plots import plot_run
 from opdkit.analysis.probes import PROBES, format_probe
 from opdkit.analysis.report import build_report
-from opdkit.engine.config import field_docs, load_config
+from opdkit.engine.config import field_docs, load_config, read_yaml
 from opdkit.engine.evaluate import evaluate_session, identity_self_test, sample_answers
 from opdkit.engine.export import export_run
 from opdkit.engine.runner import run
@@ -37,7 +37,6 @@ from opdkit.errors import USER_ERRORS, ConfigError, Interrupted, UsageError, no_
 from opdkit.lab import fixed_points, prefix_source, reproduce, sweep
 from opdkit.models import checkpoint
 from opdkit.objectives import describe
-from opdkit.objectives.losses import XTOK
 from opdkit.recipes.recipe import load_recipe, run_recipe
 from opdkit.tasks.arithmetic import write_task
 
@@ -126,12 +125,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     import json
-    mode = args.mode or ("self-distill" if args.probe == "pi" else "distill")
-    session = build_session(load_config(mode, args.config, args.overrides))
-    if getattr(session.teacher, "provides", None) == XTOK:
-        raise ConfigError(f"opdkit probe {args.probe} compares the two models' token distributions, which needs one "
-                          f"tokenizer; for a teacher with another tokenizer `opdkit preflight` reports alignment "
-                          f"coverage and `opdkit eval` the teacher's NLL of the student's answers")
+    session = build_session(load_config(_probe_mode(args), args.config, args.overrides))
     result = PROBES[args.probe](session, prompts=args.prompts)
     print(format_probe(args.probe, result))
     if args.out is not None:
@@ -140,6 +134,16 @@ def _probe(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(result, indent=2))
         print(f"wrote {path}")
     return 0
+
+
+def _probe_mode(args: argparse.Namespace) -> str:
+    """--mode, else distill; `probe pi` probes self-distill's self-teacher unless several teachers are set."""
+    if args.mode or args.probe != "pi":
+        return args.mode or "distill"
+    keys = [text.split("=", 1)[0].strip() for text in args.overrides]
+    tree = (read_yaml(args.config) or {}) if args.config is not None and args.config.is_file() else {}
+    several = "model.teachers" in keys or bool(isinstance(tree, dict) and (tree.get("model") or {}).get("teachers"))
+    return "distill" if several else "self-distill"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -232,7 +236,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("probe", choices=["pair", "prefix", "pi"])
     _add_run_args(p)
     p.add_argument("--mode", default=None, choices=["distill", "self-distill"],
-                   help="teacher to build (default: distill; self-distill for `pi`)")
+                   help="teacher to build (default: distill; self-distill for `pi` unless model.teachers is set)")
     p.add_argument("--prompts", type=int, default=16, help="prompts to probe with")
     p.add_argument("--out", type=Path, default=None, help="also write probe_<name>.json here (the report reads it)")
     p.set_defaults(func=_probe)

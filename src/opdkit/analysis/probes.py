@@ -12,6 +12,10 @@
   geometric-mean consensus over PIs, relative to the student's KL to the teacher (a shared
   rule has a small gap and can be internalised; instance-specific PI cannot).
 
+With several teachers (`model.teachers`) `pair` adds each teacher's numbers on the rows it scores,
+`prefix` probes each routed teacher on its own examples (a mixture writes nothing: refused), and
+`pi` swaps the PI under the routed or mixed teacher.
+
 Each returns a dict of numbers plus a `verdict` line. Thresholds are named constants below;
 they are heuristics from the runs in RESULTS.md, not laws.
 """
@@ -26,8 +30,10 @@ import torch.nn.functional as F
 from opdkit.engine.diagnostics import HEDGE_WORDS, with_diagnostics
 from opdkit.engine.evaluate import _generate, eval_items, identity_self_test, score_responses
 from opdkit.engine.session import Session
+from opdkit.errors import ConfigError, DataError
 from opdkit.models.checkpoint import seeded
 from opdkit.models.forward import model_head, pack
+from opdkit.models.multiteacher import member_rollouts
 from opdkit.objectives import make_objective
 from opdkit.tasks.data import batches
 from opdkit.tasks.rewards import make_reward
@@ -39,16 +45,31 @@ SHARED_PI_SHARE = 0.25        # consensus gap / student KL below this: a shared 
 SPECIFIC_PI_SHARE = 0.5       # above this: instance-specific PI
 
 
-def score_rollouts(s: Session, rollouts, k: int = 20) -> dict[str, float]:
-    """Token means of KL(p||q), overlap metrics and both NLLs of the sampled tokens."""
+def score_rollouts(s: Session, rollouts, k: int = 20, teacher=None) -> dict[str, float]:
+    """Token means of KL(p||q), overlap metrics and both NLLs of the sampled tokens (default teacher: the run's)."""
     objective = with_diagnostics(make_objective("rkl", diagnostic_k=min(k, s.vocab)))
-    means, tokens = score_responses(s, s.teacher, rollouts, objective)
+    means, tokens = score_responses(s, teacher or s.teacher, rollouts, objective)
     return {"kl": means["loss"], "overlap": means.get("overlap", 0.0), "overlap_mass_p": means.get("overlap_mass_p", 0.0),
             "overlap_mass_q": means.get("overlap_mass_q", 0.0), "teacher_nll": -means["teacher_logprob"],
             "student_nll": -means["student_logprob"], "tokens": tokens}
 
 
+def require_full_teacher(s: Session, probe: str) -> None:
+    """The probes measure full-vocabulary KLs and let the teacher write: a served teacher can do neither."""
+    if s.teacher is None or s.teacher.provides != "full":
+        what = ("no teacher" if s.teacher is None else
+                "a teacher with another tokenizer, scored per aligned chunk (`opdkit preflight` reports its alignment "
+                "coverage, `opdkit eval` its NLL of the student's answers)" if s.teacher.provides == "cross-tokenizer"
+                else "a served teacher, which returns only its top-k")
+        raise ConfigError(f"probe {probe} needs a local teacher (full log-probs, and one that can write), and this "
+                          f"config has {what}; probe a local copy of it (model.teacher=PATH without teacher.url, or a "
+                          f"path in model.teachers)")
+
+
 def probe_pair(s: Session, prompts: int = 16, seed: int = 0) -> dict:
+    """With several teachers: the numbers for the routed / mixed teacher, then each teacher's own
+    (`<name>/kl`, ..., `<name>/verdict`) on the rows it scores (its routed rows, or all in a mixture)."""
+    require_full_teacher(s, "pair")
     items = (eval_items(s) if s.cfg.data.eval else s.items)[:prompts]
     with seeded(seed):
         rollouts = _generate(s, items, greedy=False)
@@ -59,7 +80,15 @@ def probe_pair(s: Session, prompts: int = 16, seed: int = 0) -> dict:
         verdict = "BROKEN: the identity self-test failed; the scoring path is misaligned"
     else:
         verdict = pair_verdict(out["kl"], excess, out["overlap"])
-    out["verdict"] = verdict
+    each = {}
+    for name, (member, rows) in member_rollouts(s.teacher, rollouts).items():
+        numbers = score_rollouts(s, rows, teacher=member)
+        numbers["nll_excess"] = numbers["teacher_nll"] - numbers["student_nll"]
+        out.update({f"{name}/{key}": value for key, value in numbers.items()})
+        out[f"{name}/verdict"] = pair_verdict(numbers["kl"], numbers["nll_excess"], numbers["overlap"])
+        each[name] = out[f"{name}/verdict"].split(":")[0]
+    out["verdict"] = verdict + (f" (each teacher on its rows: {', '.join(f'{n} {v}' for n, v in each.items())})"
+                                if each else "")
     return out
 
 
@@ -89,29 +118,62 @@ def hedge_token_ids(tokenizer, words=HEDGE_WORDS) -> list[int]:
 
 @torch.no_grad()
 def probe_prefix(s: Session, fractions=(0.25, 0.5, 0.75), prompts: int = 16, seed: int = 0) -> dict:
-    """Teacher accuracy alone vs continuing the student's prefixes; hedge probability at the cut."""
+    """Teacher accuracy alone vs continuing the student's prefixes; hedge probability at the cut.
+
+    Routed teachers: each continues the prefixes of its own examples (`<name>/...` keys); the
+    unprefixed numbers pool them, weighted by examples. A mixture has no one writer: refused.
+    """
+    require_full_teacher(s, "prefix")
     items = [it for it in (eval_items(s) if s.cfg.data.eval else s.items) if it.example.answer is not None][:prompts]
     if not items:
-        raise ValueError("probe prefix needs examples with answers (data.answer_field)")
-    reward = make_reward(s.cfg.reward.kind)
-    teacher_model = s.teacher.model()
-    teacher_prompts = [s.teacher.renderer(it.example) for it in items]
-    hedges = torch.tensor(hedge_token_ids(s.tokenizer))
-    with seeded(seed), s.teacher.context():
-        alone = _generate(s, items, True, teacher_model, teacher_prompts)
+        raise DataError("probe prefix needs examples with answers (data.answer_field)")
+    if getattr(s.teacher, "combine", "route") != "route":
+        raise ConfigError("probe prefix needs a teacher that writes answers, and teacher.combine=mixture has none (a "
+                          "product of teachers is not sampled); probe each teacher alone (model.teacher=PATH) or "
+                          "route them (teacher.combine=route)")
+    with seeded(seed):
         student = _generate(s, items, greedy=False)
+    groups = [(name, teacher, [items[j] for j in rows], [student.response_ids[j] for j in rows])
+              for name, teacher, rows in _writers(s.teacher, items)]
+    parts = {name: _prefix_numbers(s, teacher, mine, responses, fractions) for name, teacher, mine, responses in groups}
+    if list(parts) == [""]:
+        out = parts[""]
+    else:
+        weights = {name: len(mine) / len(items) for name, _, mine, _ in groups}
+        out = {key: sum(weights[n] * parts[n][key] for n in parts) for key in next(iter(parts.values()))}
+        out.update({f"{n}/{key}": value for n, numbers in parts.items() for key, value in numbers.items()})
+    worst = min(out[f"teacher_after_{f:g}"] for f in fractions)
+    drop = out["teacher_alone"] - worst
+    out["verdict"] = (f"the teacher's accuracy falls from {out['teacher_alone']:.2f} alone to {worst:.2f} on student "
+                      f"prefixes: " + ("it scores prefixes it would not write; expect revision tokens (mechanism 1)"
+                                       if drop > 0.1 else "prefixes do not derail it"))
+    return out
+
+
+def _writers(teacher, items: list) -> list[tuple[str, object, list[int]]]:
+    """(name, teacher, positions of the items it writes): one unnamed teacher, or each routed teacher."""
+    members = getattr(teacher, "members", None)
+    if members is None:
+        return [("", teacher, list(range(len(items))))]
+    rows = {name: [j for j, it in enumerate(items) if it.example.teacher == name] for name in members}
+    return [(name, members[name], positions) for name, positions in rows.items() if positions]
+
+
+def _prefix_numbers(s: Session, teacher, items: list, student_responses: list[list[int]], fractions) -> dict:
+    """One teacher on its items: its accuracy alone, after each cut of the student's responses, and the
+    probability of a hedge word right after the cut."""
+    reward = make_reward(s.cfg.reward.kind)
+    model, hedges = teacher.model(), torch.tensor(hedge_token_ids(s.tokenizer))
+    prompts = [teacher.renderer(it.example) for it in items]
+    with teacher.context():
+        alone = _generate(s, items, True, model, prompts)
         out = {"teacher_alone": _accuracy(s, alone.response_ids, items, reward)}
         for f in fractions:
-            cuts = [r[:int(len(r) * f)] for r in student.response_ids]
-            continued = _generate(s, items, True, teacher_model, [p + c for p, c in zip(teacher_prompts, cuts)])
+            cuts = [r[:int(len(r) * f)] for r in student_responses]
+            continued = _generate(s, items, True, model, [p + c for p, c in zip(prompts, cuts)])
             full = [c + r for c, r in zip(cuts, continued.response_ids)]
             out[f"teacher_after_{f:g}"] = _accuracy(s, full, items, reward)
-            out[f"hedge_prob_after_{f:g}"] = _hedge_probability(s, teacher_model, teacher_prompts, cuts, hedges)
-    drop = out["teacher_alone"] - min(out[f"teacher_after_{f:g}"] for f in fractions)
-    out["verdict"] = (f"the teacher's accuracy falls from {out['teacher_alone']:.2f} alone to "
-                      f"{min(out[f'teacher_after_{f:g}'] for f in fractions):.2f} on student prefixes: "
-                      + ("it scores prefixes it would not write; expect revision tokens (mechanism 1)" if drop > 0.1
-                         else "prefixes do not derail it"))
+            out[f"hedge_prob_after_{f:g}"] = _hedge_probability(s, model, prompts, cuts, hedges)
     return out
 
 
@@ -134,10 +196,11 @@ def _hedge_probability(s: Session, model, prompts: list[list[int]], cuts: list[l
 @torch.no_grad()
 def probe_pi(s: Session, prompts: int = 16, others: int = 3, seed: int = 0) -> dict:
     """PI-swap sensitivity and the consensus gap, relative to the student's KL to its teacher."""
+    require_full_teacher(s, "pi")
     items = s.items[:prompts]
     pis = [it.example.pi or s.cfg.data.pi for it in s.items]
     if not any(pis):
-        raise ValueError("probe pi needs privileged information (data.pi or a pi field)")
+        raise DataError("probe pi needs privileged information: set data.pi or add a data.pi_field to the data")
     with seeded(seed):
         rollouts = _generate(s, items, greedy=False)
         order = torch.randperm(len(s.items)).tolist()

@@ -165,8 +165,9 @@ class GuardConfig:
     use_defaults: bool = doc("start from the default rules (opdkit.engine.guard.DEFAULT_RULES)", True)
     disable: list = doc("names of default rules to drop", factory=list)
     rules: list = doc("extra rules (a rule with a default's name replaces it): {name, metric, above, below, "
-                      "above_rel, below_rel, window, patience, action: warn|stop|rollback, lr_factor, "
-                      "switch_objective, why}", factory=list)
+                      "above_rel, below_rel, window, patience, action: warn|stop|rollback|drop_teacher, lr_factor, "
+                      "switch_objective, why, teacher (model.teachers: watch and act on this one), drop_teacher "
+                      "(rollback: also stop using `teacher`)}", factory=list)
     baseline_steps: int = doc("steps whose mean is each metric's baseline for relative bounds", 5)
     max_rollbacks: int = doc("rollbacks before the guard stops the run instead", 2)
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from opdkit.engine.guard import Guard
 from opdkit.errors import ConfigError
-from opdkit.models.multiteacher import TeacherSettings, check_teachers
+from opdkit.models.multiteacher import PER_TEACHER, TeacherSettings, check_teachers
+from opdkit.models.served import served_members
 from opdkit.objectives import (
     FULL,
     OBJECTIVES,
@@ -61,15 +62,17 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
         raise ConfigError(f"optim.lr must be a positive finite number, got {cfg.optim.lr}; e.g. optim.lr=1e-5")
     validate_objective(cfg.objective_name, cfg.objective.options)
-    provides = TOP_K if cfg.teacher.url else FULL
-    problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
-    if problem:
-        raise ConfigError(problem)
-    validate_source(cfg)
     problem = check_teachers(TeacherSettings.from_config(cfg), cfg.mode, cfg.rollout.source, bool(cfg.model.teacher),
                              cfg.teacher.url, bool(cfg.data.pi or cfg.data.pi_field))
     if problem:
         raise ConfigError(problem)
+    served = served_members(cfg.model.teachers)
+    provides = TOP_K if cfg.teacher.url or served else FULL
+    problem = teacher_mismatch(cfg.objective_name, cfg.objective.options, provides)
+    if problem:
+        raise ConfigError(problem + (f" (model.teachers.{served[0]} is served: every routed row is then scored as "
+                                     f"top-k)" if served else ""))
+    validate_source(cfg)
     validate_guard(cfg, provides)
 
 
@@ -133,6 +136,9 @@ def validate_guard(cfg: Config, provides: str) -> None:
         return
     written = {spec.get("name") for spec in g.rules if isinstance(spec, dict)}
     for rule in guard.rules:
+        if rule.teacher:
+            evaluates = bool(cfg.run.eval_every and cfg.data.eval) and rule.teacher not in served_members(cfg.model.teachers)
+            validate_teacher_rule(rule, list(cfg.model.teachers), cfg.teacher.combine, evaluates)
         target = rule.switch_objective
         if not target:
             continue
@@ -156,3 +162,28 @@ def validate_guard(cfg: Config, provides: str) -> None:
             problem = prefix_problem(target, options)
         if problem:
             raise ConfigError(f"{where}: {problem}")
+
+
+def validate_teacher_rule(rule, teachers: list[str], combine: str, evaluates: bool) -> None:
+    """A guard rule scoped to one of several teachers (`teacher: NAME`) names a configured teacher and
+    watches a metric that teacher has (routed: diag/X over its rows, or eval/teacher_kl; a mixture: only
+    eval/teacher_kl, its per-token metrics are the mixture's), logged in this run."""
+    where = f"guard rule {rule.name!r}: teacher {rule.teacher!r}"
+    if not teachers:
+        raise ConfigError(f"{where} needs several teachers (model.teachers); with one teacher leave `teacher` out")
+    if rule.teacher not in teachers:
+        raise ConfigError(f"{where} is not in model.teachers ({', '.join(teachers)})")
+    known = teacher_metrics(rule.teacher, combine)
+    if rule.watched not in known:
+        raise ConfigError(f"{where} watches {rule.watched!r} (from metric {rule.metric!r}), which teacher.combine="
+                          f"{combine} does not log per teacher; its metrics: {', '.join(known)}")
+    if rule.watched.startswith("eval/") and not evaluates:
+        raise ConfigError(f"{where} watches {rule.watched!r}, logged only by in-run evaluation (data.eval and "
+                          f"run.eval_every) of a local teacher: set both, or watch a diag/ metric")
+
+
+def teacher_metrics(name: str, combine: str) -> list[str]:
+    """What a guard rule scoped to teacher `name` can watch: for routed teachers the token means over its
+    own rows (`per_teacher_sums`) and its share of the step's tokens; in both modes eval/teacher_kl/<name>."""
+    own = [f"diag/teacher/{name}/{key}" for key in (*PER_TEACHER, "share")] if combine == "route" else []
+    return own + [f"eval/teacher_kl/{name}"]

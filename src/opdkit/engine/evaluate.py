@@ -156,6 +156,9 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
                                                max_new_tokens=n or s.cfg.rollout.max_new_tokens, temperature=1.0,
                                                top_p=1.0)
                 out.update({f"teacher_{k}": v for k, v in answer_metrics(s, written, items).items()})
+        elif getattr(s.teacher, "members", None):          # routed with a served member: the local members' KL
+            sampled = _generate(s, items, greedy=False, max_new_tokens=n)
+            out.update(member_kls(s.teacher, sampled, lambda member, rows: teacher_kl(s, member, rows)))
         return out
 
 

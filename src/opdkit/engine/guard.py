@@ -11,9 +11,16 @@ steps). All given bounds must hold; after `patience` consecutive steps the rule 
 - rollback: reload the newest checkpoint from before the condition began, optionally
   multiply the learning rate (`lr_factor`) and switch the objective (`switch_objective`),
   and continue. `max_rollbacks` bounds the retries; then it stops.
+- drop_teacher (several teachers): stop using the rule's teacher from this step on (a routed
+  teacher's examples carry no loss, a mixture renormalises the other weights) and continue.
+  A rollback with `drop_teacher: true` first goes back to before the onset, then drops it.
+
+A rule with `teacher: NAME` (several teachers, `model.teachers`) watches that teacher's own
+metric: `diag/X` reads `diag/teacher/NAME/X` (routed teachers' per-token metrics), `eval/X`
+reads `eval/X/NAME` (e.g. eval/teacher_kl/NAME, both modes); `teacher_metric` maps it.
 
 What the runner does about alarms is decided here by pure functions (`most_severe`,
-`plan_rollback`, `Guard.retire_fixed_by`), so the decisions are testable without training;
+`plan_rollback`, `plan_drop`, `Guard.retire_fixed_by`), so the decisions are testable without training;
 the runner only carries them out (checkpoints, logs).
 
 The default rules are the collapse signatures of the paper: the student's mass draining off
@@ -25,7 +32,22 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
-ACTIONS = ("warn", "stop", "rollback")
+ACTIONS = ("warn", "stop", "rollback", "drop_teacher")
+
+
+def teacher_metric(metric: str, teacher: str) -> str:
+    """The metric a rule scoped to `teacher` watches: diag/X -> diag/teacher/NAME/X, eval/X -> eval/X/NAME.
+
+    Names already scoped to that teacher, and every metric of an unscoped rule, are kept as they are.
+    """
+    parts = metric.split("/")
+    if not teacher or metric.startswith(f"diag/teacher/{teacher}/") or (parts[0] == "eval" and len(parts) == 3):
+        return metric
+    if parts[0] == "diag":
+        return f"diag/teacher/{teacher}/{metric[len('diag/'):]}"
+    if parts[0] == "eval":
+        return f"{metric}/{teacher}"
+    return metric
 
 
 @dataclass
@@ -45,6 +67,8 @@ class Rule:
     # (from the start or after a rollback) the rule is dropped (Guard.retire_fixed_by).
     retire_when_switched: bool = False
     why: str = ""
+    teacher: str = ""              # several teachers: watch this teacher's metric, act on this teacher
+    drop_teacher: bool = False     # action rollback: also stop using `teacher` after going back
 
     def __post_init__(self):
         if self.action not in ACTIONS:
@@ -53,6 +77,16 @@ class Rule:
             raise ValueError(f"guard rule {self.name!r} needs at least one of above, below, above_rel, below_rel")
         if self.window < 1 or self.patience < 1:
             raise ValueError(f"guard rule {self.name!r}: window and patience must be at least 1")
+        if self.action == "drop_teacher" and not self.teacher:
+            raise ValueError(f"guard rule {self.name!r}: action drop_teacher needs `teacher` (the one to drop)")
+        if self.drop_teacher and (self.action != "rollback" or not self.teacher):
+            raise ValueError(f"guard rule {self.name!r}: drop_teacher: true goes with action rollback and a `teacher`; "
+                             f"to drop without going back use action: drop_teacher")
+
+    @property
+    def watched(self) -> str:
+        """The metric this rule reads from a step's metrics (its teacher's own when scoped)."""
+        return teacher_metric(self.metric, self.teacher)
 
 
 def _rule_from_spec(spec) -> Rule:
@@ -103,6 +137,7 @@ class Alarm:
     action: str
     onset: int          # first step of the window in which the condition started holding
     why: str
+    teacher: str = ""   # the teacher a scoped rule watches and acts on
 
 
 @dataclass
@@ -161,13 +196,13 @@ class Guard:
     def observe(self, step: int, metrics: dict) -> list[Alarm]:
         """Feed one step's metrics; returns the alarms that fire at this step."""
         baselines = {}
-        for metric in {r.metric for r in self.rules}:
+        for metric in {r.watched for r in self.rules}:
             value = metrics.get(metric)
             if isinstance(value, (int, float)):
                 baselines[metric] = self._baseline(metric, float(value))
         alarms = []
         for rule in self.rules:
-            value = metrics.get(rule.metric)
+            value = metrics.get(rule.watched)
             if not isinstance(value, (int, float)):
                 continue
             track = self._tracks.setdefault(rule.name, _Track(deque(maxlen=rule.window)))
@@ -181,8 +216,8 @@ class Guard:
                 track.streak, track.fired = 0, False
             if track.streak >= rule.patience and not track.fired:
                 track.fired = True
-                alarms.append(Alarm(rule.name, rule.metric, step, smooth, baselines.get(rule.metric), rule.action,
-                                    track.streak_start, rule.why))
+                alarms.append(Alarm(rule.name, rule.watched, step, smooth, baselines.get(rule.watched), rule.action,
+                                    track.streak_start, rule.why, rule.teacher))
         return alarms
 
     def rule(self, name: str) -> Rule:
@@ -198,6 +233,10 @@ class Guard:
         again and again.
         """
         self.rules = [r for r in self.rules if not (r.retire_when_switched and r.switch_objective == objective)]
+
+    def retire_teacher(self, teacher: str) -> None:
+        """Drop the rules scoped to `teacher` once it is dropped: its metrics no longer mean anything."""
+        self.rules = [r for r in self.rules if r.teacher != teacher]
 
     def reset_tracks(self) -> None:
         """After a rollback: forget the smoothed windows and streaks, keep the baselines."""
@@ -217,15 +256,17 @@ class Guard:
 
 def describe_alarm(alarm: Alarm) -> str:
     base = "" if alarm.baseline is None else f" (baseline {alarm.baseline:.4g})"
-    return (f"guard: {alarm.rule} at step {alarm.step}: {alarm.metric} = {alarm.value:.4g}{base}; "
-            f"{alarm.why}; action: {alarm.action}")
+    why = f"{alarm.why}; " if alarm.why else ""           # a user's rule may not say why
+    action = f"{alarm.action} {alarm.teacher!r}" if alarm.action == "drop_teacher" else alarm.action
+    return f"guard: {alarm.rule} at step {alarm.step}: {alarm.metric} = {alarm.value:.4g}{base}; {why}action: {action}"
 
 
 # ----------------------------------------------------------------------------- decisions
 
 def most_severe(alarms: list[Alarm]) -> Alarm | None:
-    """The alarm to act on: the first `stop`, else the first `rollback`; None when all only warn."""
-    for action in ("stop", "rollback"):
+    """The alarm to act on: the first `stop`, else the first `rollback`, else the first `drop_teacher`
+    (the runner then carries out every drop alarm of the step); None when all only warn."""
+    for action in ("stop", "rollback", "drop_teacher"):
         for alarm in alarms:
             if alarm.action == action:
                 return alarm
@@ -257,3 +298,25 @@ def plan_rollback(rule: Rule, onset: int, checkpoint_steps: list[int], rollbacks
         return RollbackPlan(stop_reason=f"no checkpoint from before step {onset} to roll back to")
     switch = rule.switch_objective if rule.switch_objective and rule.switch_objective != objective else ""
     return RollbackPlan(to_step=healthy[-1], lr_scale=lr_scale * rule.lr_factor, objective=switch)
+
+
+@dataclass(frozen=True)
+class DropPlan:
+    """A drop_teacher outcome: stop (`stop_reason`), or go on with the teachers in `dropped` unused."""
+
+    stop_reason: str = ""
+    dropped: tuple[str, ...] = ()
+
+
+def plan_drop(teacher: str, dropped: tuple[str, ...], weights: dict[str, float]) -> DropPlan:
+    """Drop `teacher` on top of the already `dropped` ones; `weights` are the configured teachers'
+    (1 each when routed; the mixture's weights otherwise). Stops instead when no teacher with a
+    positive weight would be left; dropping a dropped teacher changes nothing."""
+    if teacher in dropped:
+        return DropPlan(dropped=dropped)
+    if teacher not in weights:
+        return DropPlan(stop_reason=f"teacher {teacher!r} is not among the run's teachers ({', '.join(weights)})")
+    left = [name for name, w in weights.items() if name not in dropped and name != teacher and w > 0]
+    if not left:
+        return DropPlan(stop_reason=f"dropping teacher {teacher!r} would leave no teacher to learn from")
+    return DropPlan(dropped=(*dropped, teacher))

@@ -58,13 +58,14 @@ def load_weights_and_position(t: Trainables, state: RunState, path: Path) -> dic
     return saved
 
 
-def resumed_changes(saved: dict) -> tuple[int, float, str]:
-    """(rollbacks, LR scale, switched objective or '') recorded in a checkpoint's state.
+def resumed_changes(saved: dict) -> tuple[int, float, str, tuple[str, ...]]:
+    """(rollbacks, LR scale, switched objective or '', dropped teachers) recorded in a checkpoint's state.
 
     The LR scale is already in the restored scheduler's base LRs; it is kept for the next save.
     """
     changes = saved.get("changes", {})
-    return saved.get("rollbacks", 0), changes.get("lr_scale", 1.0), changes.get("objective", "")
+    return (saved.get("rollbacks", 0), changes.get("lr_scale", 1.0), changes.get("objective", ""),
+            tuple(changes.get("dropped_teachers", ())))
 
 
 def check_resume_config(cfg: Config, run_dir: Path) -> tuple[list[dict], list[dict]]:

@@ -7,7 +7,9 @@ is read once, into `LoopSettings` here and `StepSettings` for the step; what cha
 the run is the `RunState`. The guard decides (`opdkit.engine.guard`: which alarm, where a rollback
 goes, what it changes); the runner carries it out: a rollback reloads the chosen checkpoint,
 moves the abandoned metrics rows to `abandoned.jsonl`, applies the rule's changes
-(learning-rate factor, objective switch), reseeds sampling, and goes on.
+(learning-rate factor, objective switch, dropped teacher), reseeds sampling, and goes on. With
+several teachers a `drop_teacher` alarm stops using one teacher in place; the dropped teachers
+are part of the RunState, so a resume and a later rollback keep them dropped.
 
 A recipe stage's control (`opdkit.recipes.schedules.StageControl`) is asked after every step with
 (step, metrics, state) and may end the stage; see `StageControl` for the three calls.
@@ -26,8 +28,7 @@ from opdkit.engine import rundir
 from opdkit.engine.config import Config, save_config
 from opdkit.engine.divergence import WeightWatch
 from opdkit.engine.evaluate import evaluate_session, gap_recovery, identity_self_test
-from opdkit.objectives import teacher_mismatch
-from opdkit.engine.guard import Alarm, Guard, describe_alarm, most_severe, plan_rollback
+from opdkit.engine.guard import Alarm, Guard, describe_alarm, most_severe, plan_drop, plan_rollback
 from opdkit.engine.metrics import MetricLog, read_metrics, warn
 from opdkit.engine.optim import make_optimizer, set_peak_lr
 from opdkit.engine.run_checkpoint import Trainables, check_resume_config, load_weights_and_position, resumed_changes, save_run
@@ -36,6 +37,7 @@ from opdkit.engine.session import Session, build_session, new_stream
 from opdkit.engine.train import StepSettings, train_step
 from opdkit.errors import Interrupted, TrainingError
 from opdkit.models import checkpoint
+from opdkit.objectives import teacher_mismatch
 from opdkit.scale import distributed
 from opdkit.scale.profile import PhaseTimer, breakdown, format_breakdown
 
@@ -111,13 +113,14 @@ class Runner:
         if path is None:
             self.log.truncate_after(-1)        # an attempt that died before its first checkpoint left rows
             return
-        self.state.rollbacks, self.state.lr_scale, objective = resumed_changes(saved)
+        self.state.rollbacks, self.state.lr_scale, objective, self.state.dropped_teachers = resumed_changes(saved)
         if self.parts.scheduler.base_lrs[0] != self.settings.optim.lr * self.state.lr_scale:   # optim.lr changed
             set_peak_lr(self.parts.optimizer, self.parts.scheduler, self.settings.optim, self.state.lr_scale)
         if objective:
             self.switch_objective(objective)
         if self.guard is not None and saved.get("guard"):
             self.guard.load_state_dict(saved["guard"])
+        self.apply_dropped()
         self.log.truncate_after(self.step)
         self.log.event(self.step, "resumed", checkpoint=str(path))
         if self.control is not None:
@@ -250,7 +253,30 @@ class Runner:
         alarm = most_severe(alarms)
         if alarm is None:
             return False
-        return self.stop(alarm) if alarm.action == "stop" else self.rollback(alarm)
+        if alarm.action in ("stop", "rollback"):
+            return self.stop(alarm) if alarm.action == "stop" else self.rollback(alarm)
+        for drop in [a for a in alarms if a.action == "drop_teacher"]:
+            self.drop_teacher(drop)
+        return False
+
+    def drop_teacher(self, alarm: Alarm) -> None:
+        """Stop using the alarm's teacher from the next step on (or stop the run when none would be left)."""
+        plan = plan_drop(alarm.teacher, self.state.dropped_teachers, self.s.teacher.member_weights())
+        if plan.stop_reason:
+            self.stop(alarm, plan.stop_reason)
+        self.state.dropped_teachers = plan.dropped
+        self.apply_dropped()
+        self.log.event(self.step, "drop_teacher", rule=alarm.rule, teacher=alarm.teacher, dropped=list(plan.dropped))
+        self.bar.write(f"guard: teacher {alarm.teacher!r} dropped at step {self.step}; now {self.state.changes()}")
+
+    def apply_dropped(self) -> None:
+        """Make the teacher and the guard agree with the run's dropped teachers (after a drop, a resume)."""
+        if not self.state.dropped_teachers:
+            return
+        self.s.teacher.drop(self.state.dropped_teachers)
+        for name in self.state.dropped_teachers:
+            if self.guard is not None:
+                self.guard.retire_teacher(name)
 
     def stop(self, alarm: Alarm, reason: str = "") -> bool:
         self.save()
@@ -260,10 +286,13 @@ class Runner:
 
     def rollback(self, alarm: Alarm) -> bool:
         done = {int(path.name[len(checkpoint.PREFIX):]): path for path in checkpoint.completed(self.run_dir)}
-        plan = plan_rollback(self.guard.rule(alarm.rule), alarm.onset, list(done), self.state.rollbacks,
-                             self.loop_settings.max_rollbacks, self.state.lr_scale, self.state.objective_name)
-        if plan.stop_reason:
-            return self.stop(alarm, plan.stop_reason)
+        rule = self.guard.rule(alarm.rule)
+        plan = plan_rollback(rule, alarm.onset, list(done), self.state.rollbacks, self.loop_settings.max_rollbacks,
+                             self.state.lr_scale, self.state.objective_name)
+        drop = plan_drop(rule.teacher, self.state.dropped_teachers, self.s.teacher.member_weights()) \
+            if rule.drop_teacher else None
+        if plan.stop_reason or (drop is not None and drop.stop_reason):
+            return self.stop(alarm, plan.stop_reason or drop.stop_reason)
         failed_at = self.step
         self.load(done[plan.to_step])
         self.state.rollbacks += 1
@@ -273,6 +302,9 @@ class Runner:
             set_peak_lr(self.parts.optimizer, self.parts.scheduler, self.settings.optim, plan.lr_scale)
         if plan.objective and self.can_serve(plan.objective):
             self.switch_objective(plan.objective)
+        if drop is not None:
+            self.state.dropped_teachers = drop.dropped
+            self.apply_dropped()
         torch.manual_seed(self.loop_settings.seed + 7919 * self.state.rollbacks)   # a replay must not repeat the samples
         self.guard.reset_tracks()
         self.log.event(self.step, "rollback", rule=alarm.rule, from_step=failed_at, to_step=self.step,

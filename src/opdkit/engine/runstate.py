@@ -4,7 +4,8 @@ The config is read once, at the boundary, into frozen settings (`opdkit.engine.t
 `opdkit.engine.optim.OptimSettings`, `opdkit.engine.runner.LoopSettings`) and never written after load.
 Everything a run may change while it goes lives here instead: the step counters, the
 objective in use (the guard may switch it), the peak-LR scale (the guard may lower it) and
-the response length (a recipe stage's length curriculum may raise it). The checkpoint holds
+the response length (a recipe stage's length curriculum may raise it), and the teachers the
+guard dropped (several teachers: `drop_teacher`). The checkpoint holds
 it (`changes` and the counters), so a resumed run continues with the same values.
 """
 from __future__ import annotations
@@ -38,18 +39,22 @@ class RunState:
     bad_streak: int = 0             # non-finite steps in a row
     rollbacks: int = 0
     switched: bool = field(default=False)    # the guard switched the objective away from the config's
+    dropped_teachers: tuple[str, ...] = ()   # several teachers the guard stopped using, in the order dropped
 
     @property
     def needs_teacher(self) -> bool:
         return needs_teacher(self.objective_name)
 
     def changes(self) -> dict:
-        """What the guard changed, as checkpoints store it: {"lr_scale": f, "objective": name}."""
+        """What the guard changed, as checkpoints store it: {"lr_scale": f, "objective": name,
+        "dropped_teachers": [names]}."""
         out = {}
         if self.lr_scale != 1.0:
             out["lr_scale"] = self.lr_scale
         if self.switched:
             out["objective"] = self.objective_name
+        if self.dropped_teachers:
+            out["dropped_teachers"] = list(self.dropped_teachers)
         return out
 
 

@@ -26,7 +26,7 @@ from opdkit.engine.runstate import RunState
 from opdkit.engine.session import Session
 from opdkit.models.checkpoint import seeded
 from opdkit.models.forward import pack, pad_rows, student_head
-from opdkit.models.multiteacher import local_models, per_teacher_means, per_teacher_sums
+from opdkit.models.multiteacher import kept_rows, local_models, per_teacher_means, per_teacher_sums
 from opdkit.models.rollout import Rollouts
 from opdkit.objectives import group_advantages
 from opdkit.objectives.logprobs import chunked_objective_loss, objective_loss
@@ -129,6 +129,24 @@ def first_special_mask(responses: list[list[int]], special: set[int], width: int
     return mask
 
 
+def loss_mask(s: Session, c: StepSettings, rollouts: Rollouts) -> tuple[torch.Tensor | None, int, int]:
+    """(N, width) 1 where a response token carries loss (None: every token does), the number of
+    masked special tokens, and the number of loss-bearing tokens. Masked: the first occurrence of
+    each special token that differs between the pair (objective.mask_special), and every token of an
+    example whose routed teacher the guard dropped (`opdkit.models.multiteacher.kept_rows`)."""
+    responses = rollouts.response_ids
+    width = max(1, max(len(r) for r in responses))
+    special = set(s.report.masked_special_ids) if c.mask_special else set()
+    keep = first_special_mask(responses, special, width) if special else None
+    masked = 0 if keep is None else int((keep == 0).sum())
+    rows = kept_rows(s.teacher, rollouts.meta) if rollouts.meta else None
+    if rows is not None:
+        keep = (torch.ones(len(responses), width) if keep is None else keep) * torch.tensor(rows, dtype=torch.float32)[:, None]
+    if keep is None:
+        return None, 0, sum(len(r) for r in responses)
+    return keep, masked, int(sum(float(keep[i, :len(r)].sum()) for i, r in enumerate(responses)))
+
+
 def answer_rewards(rollouts: Rollouts, texts: list[str], reward_kind: str) -> list[float] | None:
     """The verifiable reward of each response, or None when some example has no answer."""
     if not rollouts.meta or any(e.answer is None for e in rollouts.meta):
@@ -201,11 +219,7 @@ def train_step(s: Session, c: StepSettings, state: RunState, stream, optimizer, 
         texts = s.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
         rewards = answer_rewards(rollouts, texts, c.reward_kind)
     advantages, reward_metrics = advantages_for(c, rewards)
-    width = max(1, max(len(r) for r in rollouts.response_ids))
-    special = set(s.report.masked_special_ids) if c.mask_special else set()
-    keep = first_special_mask(rollouts.response_ids, special, width) if special else None
-    masked = 0 if keep is None else int((keep == 0).sum())
-    local_tokens = sum(len(r) for r in rollouts.response_ids) - masked
+    keep, masked, local_tokens = loss_mask(s, c, rollouts)
     student_rows = len(rollouts) if rollouts.from_student is None else sum(rollouts.from_student)
     global_tokens, student_rows, all_rows = s.dist.sum([local_tokens, student_rows, len(rollouts)])  # sync, once
     step_tokens = torch.tensor(max(1.0, global_tokens))

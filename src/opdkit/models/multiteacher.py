@@ -21,9 +21,11 @@ several PIs converges to the normalised product of those conditionals. The arith
 sum w_i q_i is instead the minimiser of the forward KLs (mass-covering: it keeps every
 teacher's modes, including the ones only one teacher believes).
 
-Members are local (a model directory or `self`: the student shown PI); a served teacher
-returns only its top-k, from which neither a full mixture nor a shared head can be built,
-so it is refused in `model.teachers` (`check_teachers`). A teacher with another tokenizer
+Members are local (a model directory or `self`: the student shown PI) or served
+({url, model}). A served teacher returns only its top-k, from which neither a full mixture nor
+the shared head can be built; routed, it needs neither: the whole batch is then scored as
+top-k (`MultiTeacher.top_k_scores`; a local member's top-k made from its full log-probs), and
+the objective must take a top-k-only teacher (`served_problem`). A teacher with another tokenizer
 would be a member whose `score` already returns scores at the student's tokens (issue 16,
 part 3); routing needs nothing more, a mixture needs its scores over the student's vocabulary.
 """
@@ -38,8 +40,9 @@ import torch
 from opdkit.errors import ConfigError, DataError
 from opdkit.models.loading import PairReport, load_model, load_tokenizer, other_tokenizer, preflight
 from opdkit.models.rollout import Rollouts
+from opdkit.models.served import ServedTeacher, served_problem
 from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher
-from opdkit.objectives.scores import Head, TeacherScores
+from opdkit.objectives.scores import Head, TeacherScores, top_k_only
 from opdkit.tasks.data import Example
 
 COMBINES = ("route", "mixture")
@@ -77,12 +80,16 @@ def check_teachers(s: TeacherSettings, mode: str, source: str, has_teacher: bool
     for name, path in s.paths.items():
         if not NAME.match(str(name)):
             return f"model.teachers: name {name!r} must be letters, digits, '_' or '-'"
+        problem = served_problem(name, path, s.combine, source) if isinstance(path, dict) else None
+        if problem:
+            return problem
+        if isinstance(path, dict):
+            continue
         if not isinstance(path, str) or not path:
-            return f"model.teachers.{name} must be a local model path or 'self', got {path!r}"
+            return f"model.teachers.{name} must be a local model path, 'self' or {{url: URL, model: NAME}}, got {path!r}"
         if path.startswith(("http://", "https://")):
-            return (f"model.teachers.{name} is served ({path}): a served teacher returns only its top-k, so it "
-                    f"cannot join a mixture (the geometric mean is over the full vocabulary) nor share the routed "
-                    f"head; use it alone as model.teacher + teacher.url")
+            return (f"model.teachers.{name} is a URL ({path}): write a served teacher as {{url: {path}, model: NAME}} "
+                    f"(NAME: the model the server serves); it can only be routed (teacher.combine=route)")
     if SELF in s.paths.values() and not has_pi:
         return "model.teachers has 'self' (the student shown PI), which needs data.pi or a data.pi_field"
     if s.combine == "route":
@@ -120,6 +127,10 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
     d, t = cfg.data, cfg.teacher
     members, report = {}, PairReport(vocab=vocab)
     for name, path in cfg.model.teachers.items():
+        if isinstance(path, dict):            # served: the student's tokenizer renders its prompt (ids go as they are)
+            renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+            members[name] = ServedTeacher(path["url"], path["model"], renderer, t.top_k, t.temperature)
+            continue
         if path == SELF:
             renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
             members[name] = SelfTeacher(student, renderer, tokenizer.pad_token_id, vocab, t.self_weights, t.ema_decay,
@@ -146,7 +157,7 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
     for name, member in members.items():          # the shared vocabulary is known only now
         if isinstance(member, tuple):
             members[name] = ModelTeacher(member[0], member[1], tokenizer.pad_token_id, report.vocab, t.temperature)
-        else:
+        elif isinstance(member, SelfTeacher):
             member.vocab = report.vocab
     return members, report
 
@@ -154,17 +165,40 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
 def build_multi_teacher(cfg, student, tokenizer, vocab: int) -> tuple["MultiTeacher", PairReport]:
     members, report = build_members(cfg, student, tokenizer, vocab)
     settings = TeacherSettings.from_config(cfg)
-    return MultiTeacher(members, settings.combine, settings.normalised_weights()), report
+    teacher = MultiTeacher(members, settings.combine, settings.normalised_weights(), cfg.teacher.top_k)
+    if teacher.provides == "top-k" and not 0 < cfg.teacher.top_k <= report.vocab:
+        raise ConfigError(f"teacher.top_k={cfg.teacher.top_k}: with a served member every routed row is scored by "
+                          f"its top-k, which must lie in 1..{report.vocab} (the scored vocabulary)")
+    return teacher, report
 
 
 class MultiTeacher:
-    """Several local teachers as one: routed by `Example.teacher`, or a weighted geometric mixture."""
+    """Several teachers as one: routed by `Example.teacher`, or a weighted geometric mixture of local ones."""
 
     provides = "full"
 
-    def __init__(self, members: dict, combine: str, weights: dict[str, float] | None = None):
+    def __init__(self, members: dict, combine: str, weights: dict[str, float] | None = None, top_k: int = 0):
         self.members, self.combine = members, combine
         self.weights = weights or {}
+        # a served member (routed only) returns its top-k: then every row is scored as top-k (teacher.top_k)
+        self.provides = "top-k" if any(m.provides == "top-k" for m in members.values()) else "full"
+        self.top_k = top_k
+        self.configured = dict(self.weights)         # the mixture's weights before any drop
+        self.dropped: tuple[str, ...] = ()           # members the guard stopped using (drop_teacher)
+
+    def member_weights(self) -> dict[str, float]:
+        """Each configured member's weight as the guard's drop plan reads it (1 each when routed)."""
+        return {name: 1.0 if self.combine == "route" else self.configured[name] for name in self.members}
+
+    def drop(self, names) -> None:
+        """Stop using the members `names` (the run's dropped teachers, in full). A mixture renormalises the
+        other weights; a routed member's examples carry no loss from now on (`kept_rows`), though it still
+        scores them (evaluation's per-teacher KL keeps watching it)."""
+        self.dropped = tuple(names)
+        if self.combine == "mixture":
+            left = {name: w for name, w in self.configured.items() if name not in self.dropped}
+            total = sum(left.values())
+            self.weights = {name: left.get(name, 0.0) / total for name in self.configured}
 
     def member_name(self, example: Example) -> str:
         return example.teacher
@@ -189,15 +223,37 @@ class MultiTeacher:
             groups = {name: [i for i, e in enumerate(examples) if e.teacher == name] for name in self.members}
         else:
             groups = {name: list(range(len(examples))) for name in self.members}
+        if self.provides == "top-k":
+            return self.top_k_scores(groups, examples, responses, width)
         heads, coefficients = {}, {}
         for name, rows in groups.items():
-            if not rows:
+            weight = 1.0 if self.combine == "route" else self.weights[name]
+            if not rows or weight == 0:
                 continue
             member = self.members[name]
             heads[name] = member.score([examples[i] for i in rows], [responses[i] for i in rows]).head
-            weight = 1.0 if self.combine == "route" else self.weights[name]
             coefficients[name] = (rows, weight)
         return TeacherScores(head=block_head(heads, coefficients, len(examples), width))
+
+    def top_k_scores(self, groups: dict, examples: list[Example], responses: list[list[int]], width: int) -> TeacherScores:
+        """Routed teachers, one of them served: each row's top-k ids and log-probs and the sampled token's
+        log-prob (a local member's made from its full log-probs, one row at a time)."""
+        n, k = len(examples), self.top_k
+        ids, sampled = torch.zeros(n, width, k, dtype=torch.long), torch.zeros(n, width)
+        logprobs = torch.full((n, width, k), -1e4)            # finite: padded positions are masked anyway
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            mine = [responses[i] for i in rows]
+            scores = self.members[name].score([examples[i] for i in rows], mine)
+            if scores.topk_ids is None:
+                r = max(1, max(len(x) for x in mine))
+                scores = top_k_only(scores, torch.tensor([x + [0] * (r - len(x)) for x in mine]), k)
+            index, r = torch.tensor(rows), scores.topk_ids.shape[1]
+            ids[index, :r] = scores.topk_ids.cpu()
+            logprobs[index, :r] = scores.topk_logprobs.float().cpu()
+            sampled[index, :r] = scores.sampled_logprobs.float().cpu()
+        return TeacherScores(topk_ids=ids, topk_logprobs=logprobs, sampled_logprobs=sampled)
 
     def after_step(self, student) -> None:
         for member in self.members.values():
@@ -217,19 +273,35 @@ def local_models(teacher) -> list:
     return [m for m in models if m is not None]
 
 
-def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
-    """Several teachers: {'teacher_kl/<name>': kl(member, its rows)}, on each teacher's routed rows
-    (route) or on every row (mixture); {} for one teacher."""
+def kept_rows(teacher, examples: list[Example]) -> list[bool] | None:
+    """Routed teachers some of which the guard dropped: whether each example still carries loss; None
+    when every example does (one teacher, a mixture, nothing dropped)."""
+    dropped = getattr(teacher, "dropped", ())
+    if not dropped or teacher.combine != "route":
+        return None
+    return [e.teacher not in dropped for e in examples]
+
+
+def member_rollouts(teacher, sampled: Rollouts) -> dict[str, tuple[object, Rollouts]]:
+    """Several teachers: {name: (member, the rows it scores)}: each local teacher's routed rows (route) or
+    every row (mixture); members without rows, and served members, are left out. {} for one teacher."""
     members = getattr(teacher, "members", None)
     out = {}
     for name, member in (members or {}).items():
+        if member.provides != "full":         # a served member: no full log-probs to measure KL with
+            continue
         rows = [i for i, e in enumerate(sampled.meta) if teacher.combine == "mixture" or e.teacher == name]
         if rows:
             pick = lambda values: [values[i] for i in rows]       # noqa: E731
-            subset = Rollouts(pick(sampled.prompt_ids), pick(sampled.response_ids), pick(sampled.sampler_logprobs),
-                              pick(sampled.finished), meta=pick(sampled.meta))
-            out[f"teacher_kl/{name}"] = kl(member, subset)
+            out[name] = (member, Rollouts(pick(sampled.prompt_ids), pick(sampled.response_ids),
+                                          pick(sampled.sampler_logprobs), pick(sampled.finished), meta=pick(sampled.meta)))
     return out
+
+
+def member_kls(teacher, sampled: Rollouts, kl) -> dict[str, float]:
+    """Several teachers: {'teacher_kl/<name>': kl(member, its rows)}, on each teacher's routed rows
+    (route) or on every row (mixture); {} for one teacher."""
+    return {f"teacher_kl/{name}": kl(member, rows) for name, (member, rows) in member_rollouts(teacher, sampled).items()}
 
 
 PER_TEACHER = ("loss", "overlap", "teacher_entropy", "student_entropy", "negative_reward", "teacher_logprob")

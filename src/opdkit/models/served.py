@@ -17,6 +17,9 @@ prompts at temperature 1 (its `processed_logprobs` mode, when the server runs wi
 applies the request's temperature to prompt logprobs too, but a client cannot see the mode),
 so a requested temperature != 1 is sent but warned about.
 The student and the teacher must share the tokenizer: ids are sent as they are.
+
+A served teacher can also be one of several teachers (`model.teachers: {name: {url, model}}`),
+routed only (`served_problem`; opdkit.models.multiteacher scores the whole batch as top-k then).
 """
 from __future__ import annotations
 
@@ -116,3 +119,32 @@ class ServedTeacher:
 
     def checkpoint_modules(self) -> dict:
         return {}
+
+
+# ----------------------------------------------------------------------------- a served member of model.teachers
+
+def served_problem(name: str, spec: dict, combine: str, source: str) -> str | None:
+    """Why a served member {url, model} cannot run; None if it can (routed, student prefixes).
+
+    A served teacher returns only its top-k and the sampled token's log-prob. Routed, its rows need
+    nothing more: every row of the run is then scored as top-k (a local member's top-k made from its
+    full log-probs), so the objective must be one that takes a top-k-only teacher (checked with
+    the objective). A mixture is a geometric mean over the full vocabulary, which top-k cannot give,
+    and a served teacher cannot write responses (rollout.source=teacher|mix).
+    """
+    where = f"model.teachers.{name}"
+    if sorted(spec) != ["model", "url"] or not all(isinstance(v, str) and v for v in spec.values()):
+        return f"{where}: a served teacher is {{url: http://host:8000/v1, model: NAME}}, got {spec!r}"
+    if not spec["url"].startswith(("http://", "https://")):
+        return f"{where}.url must be an http(s) URL (the server's /v1 base), got {spec['url']!r}"
+    if combine != "route":
+        return (f"{where} is served: it returns only its top-k, and teacher.combine=mixture is a geometric mean over "
+                f"the full vocabulary; route it (teacher.combine=route) or make it a local teacher")
+    if source != "student":
+        return f"{where} is served: it scores responses but cannot write them; use rollout.source=student"
+    return None
+
+
+def served_members(paths: dict) -> list[str]:
+    """The names of the served members ({url, model}) of model.teachers."""
+    return [name for name, path in paths.items() if isinstance(path, dict)]

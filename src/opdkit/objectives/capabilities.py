@@ -95,7 +95,7 @@ def describe() -> str:
              "prefixes (rollout.source): any = student, teacher or mix; ratio = student, or teacher/mix without "
              "clip (importance ratio vs the teacher's sampling log-probs); student = student only",
              "several teachers (model.teachers, local or self): full, so every objective, routed or as a geometric "
-             "mixture; a served teacher only alone",
+             "mixture; a served member ({url, model}) only routed, and then every row is top-k",
              f"teacher with another tokenizer ({XTOK}): log Q per aligned chunk and its top-k over shared tokens at "
              f"chunk starts: {cross_tokenizer_objectives()}; student prefixes only, alone (not in model.teachers)",
              ""]

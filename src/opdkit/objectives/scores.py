@@ -121,6 +121,20 @@ class TeacherScores:
         return have | {"logprobs"} if self.head is not None else have
 
 
+def top_k_only(scores: TeacherScores, ids: Tensor, k: int) -> TeacherScores:
+    """What a top-k-only (served) teacher reports, made from full scores (N, R, ...): its top-k ids and
+    log-probs and the log-prob of `ids` (N, R). One row at a time: only (R, V) log-probs exist at once."""
+    topk_ids, topk_logprobs, sampled = [], [], []
+    for i in range(ids.shape[0]):
+        logq = scores.rows(slice(i, i + 1)).resolved().logprobs[0]          # (R, V)
+        top = logq.topk(k, dim=-1)
+        topk_ids.append(top.indices)
+        topk_logprobs.append(top.values)
+        sampled.append(logq.gather(-1, ids[i].to(logq.device).unsqueeze(-1)).squeeze(-1))
+    return TeacherScores(topk_ids=torch.stack(topk_ids), topk_logprobs=torch.stack(topk_logprobs),
+                         sampled_logprobs=torch.stack(sampled))
+
+
 @dataclass(frozen=True)
 class ObjectiveInputs:
     """Per-position inputs besides the student logits.
