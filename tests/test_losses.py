@@ -13,7 +13,7 @@ pytestmark = pytest.mark.numerics      # .ci/run runs these under a second kerne
 V = 12
 # Options that keep every top-K support a proper subset of the small test vocabulary.
 SMALL_K = {"topk_rkl": {"k": 4}, "topk_rkl_unnorm": {"k": 4}, "topk_rkl_sg": {"k": 4},
-           "topk_rkl_renorm": {"k": 4}, "topk_rkl_tail": {"k": 4}, "topk_fkl_teacher": {"k": 4}}
+           "topk_rkl_renorm": {"k": 4}, "topk_rkl_tail": {"k": 4}, "topk_fkl_teacher": {"k": 4}, "shared_topk": {"k": 4}}
 VARIANTS = [(name, SMALL_K.get(name, {})) for name in OBJECTIVES] + [
     ("jsd", {"beta": 0.3}), ("jsd_norm", {"beta": 0.0}), ("jsd_norm", {"beta": 1.0}), ("jsd_norm", {"beta": 0.7}),
     ("kl_mix", {"lam": 0.25}),
@@ -56,7 +56,7 @@ def frozen_surrogate(name, options, z0, inputs):
     """
     objective = make_objective(name, **options)
     norm = options.get("norm", OBJECTIVES[name].options.get("norm", "stopgrad"))
-    if name == "sampled_rkl":
+    if name in ("sampled_rkl", "chunk_rkl"):       # chunk_rkl with one tokenizer: each token its own chunk
         from opdkit.objectives import policy_gradient_loss
         lp_y = lambda z: torch.log_softmax(z, -1).gather(-1, inputs.ids[:, None]).squeeze(-1)  # noqa: E731
         reward0 = inputs.teacher.sampled_logprobs - lp_y(z0)

@@ -57,7 +57,10 @@ def score_rollouts(s: Session, rollouts, k: int = 20, teacher=None) -> dict[str,
 def require_full_teacher(s: Session, probe: str) -> None:
     """The probes measure full-vocabulary KLs and let the teacher write: a served teacher can do neither."""
     if s.teacher is None or s.teacher.provides != "full":
-        what = "no teacher" if s.teacher is None else "a served teacher, which returns only its top-k"
+        what = ("no teacher" if s.teacher is None else
+                "a teacher with another tokenizer, scored per aligned chunk (`opdkit preflight` reports its alignment "
+                "coverage, `opdkit eval` its NLL of the student's answers)" if s.teacher.provides == "cross-tokenizer"
+                else "a served teacher, which returns only its top-k")
         raise ConfigError(f"probe {probe} needs a local teacher (full log-probs, and one that can write), and this "
                           f"config has {what}; probe a local copy of it (model.teacher=PATH without teacher.url, or a "
                           f"path in model.teachers)")

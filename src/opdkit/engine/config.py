@@ -54,7 +54,8 @@ class ModelConfig:
                          "shown PI, teacher.self_weights); routed or mixed by teacher.combine (opdkit.models.multiteacher)",
                          factory=dict)
     teacher_template: str = doc("whose chat template renders the teacher's prompt when templates differ: "
-                                "'' (refuse), 'student' or 'teacher'", "")
+                                "'' (refuse; a teacher with another tokenizer: its own), 'student', 'teacher' or "
+                                "'plain' (the messages as plain text, for a base-model teacher)", "")
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Config:
 CHOICES = {
     "mode": MODES, "model.dtype": ("float32", "bfloat16", "float16"),
     "model.teacher_dtype": ("", "float32", "bfloat16", "float16"), "rollout.sampler_dtype": ("", "bfloat16", "float16"),
-    "model.teacher_template": ("", "student", "teacher"), "data.pi_placement": ("system", "user"),
+    "model.teacher_template": ("", "student", "teacher", "plain"), "data.pi_placement": ("system", "user"),
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
     "optim.schedule": ("constant", "linear", "cosine"), "optim.state": ("fp32", "8bit"), "run.parallel": ("ddp", "fsdp"),

@@ -22,6 +22,7 @@ from opdkit.models.multiteacher import member_kls
 from opdkit.models.rollout import Rollouts
 from opdkit.models.teachers import PromptRenderer, SelfTeacher, Teacher
 from opdkit.objectives import make_objective
+from opdkit.objectives.losses import XTOK
 from opdkit.objectives.logprobs import chunked_objective_loss
 from opdkit.objectives.scores import ObjectiveInputs, upcast
 from opdkit.objectives.topk import support_metrics
@@ -118,9 +119,17 @@ def sampled_metrics(s: Session, teacher: Teacher, rollouts: Rollouts) -> dict:
 
 
 def teacher_nll(s: Session, teacher: Teacher, rollouts: Rollouts) -> float:
-    """The teacher's token-mean negative log-likelihood of the given responses (0 without tokens)."""
-    means, _ = score_responses(s, teacher, rollouts, with_diagnostics(make_objective("rkl")))
-    return -means.get("teacher_logprob", 0.0)
+    """The teacher's token-mean negative log-likelihood of the given responses (0 without tokens).
+
+    A teacher with another tokenizer scores the text: -log Q(text) summed over responses, divided
+    by the student's token count (chunk_rkl's teacher_logprob spreads each chunk's log Q over it)."""
+    return -cross_tokenizer_means(s, teacher, rollouts).get("teacher_logprob", 0.0) if teacher.provides == XTOK \
+        else -score_responses(s, teacher, rollouts, with_diagnostics(make_objective("rkl")))[0].get("teacher_logprob", 0.0)
+
+
+def cross_tokenizer_means(s: Session, teacher: Teacher, rollouts: Rollouts) -> dict[str, float]:
+    """Token means of chunk_rkl's metrics (teacher_logprob, reward, align_single, align_shared) on the responses."""
+    return score_responses(s, teacher, rollouts, make_objective("chunk_rkl"))[0]
 
 
 def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, teacher_side: bool = False,
@@ -132,6 +141,10 @@ def evaluate_session(s: Session, items: list | None = None, seed: int = 1234, te
     with seeded(seed):
         greedy = _generate(s, items, greedy=True, max_new_tokens=n)
         out = answer_metrics(s, greedy, items)
+        if s.teacher is not None and s.teacher.provides == XTOK:     # another tokenizer: the text's NLL, coverage
+            means = cross_tokenizer_means(s, s.teacher, greedy)
+            out.update({"teacher_nll": -means.get("teacher_logprob", 0.0), "chunk_reward": means.get("reward", 0.0),
+                        "align_single": means.get("align_single", 0.0), "align_shared": means.get("align_shared", 0.0)})
         if s.teacher is not None and s.teacher.provides == "full":   # a served teacher: no full log-probs, no weights
             sampled = _generate(s, items, greedy=False, max_new_tokens=n)
             out.update(sampled_metrics(s, s.teacher, sampled))       # teacher_kl and the shape metrics

@@ -37,6 +37,7 @@ from opdkit.engine.session import Session, build_session, new_stream
 from opdkit.engine.train import StepSettings, train_step
 from opdkit.errors import Interrupted, TrainingError
 from opdkit.models import checkpoint
+from opdkit.objectives import teacher_mismatch
 from opdkit.scale import distributed
 from opdkit.scale.profile import PhaseTimer, breakdown, format_breakdown
 
@@ -234,6 +235,15 @@ class Runner:
         if self.guard is not None:
             self.guard.retire_fixed_by(name)
 
+    def can_serve(self, name: str) -> bool:
+        """Whether the run's teacher can serve objective `name` (a cross-tokenizer teacher cannot serve the
+        guard's default remedy, student-support top-K); logs a skipped switch."""
+        options = self.loop_settings.objective_options
+        problem = None if self.s.teacher is None else teacher_mismatch(name, options, self.s.teacher.provides)
+        if problem:
+            self.log.event(self.step, "switch_skipped", objective=name, reason=problem)
+        return problem is None
+
     # ---------------------------------------------------------------- the guard's actions
     def act(self, alarms: list[Alarm]) -> bool:
         """Log every alarm; carry out the most severe action. True when the run rolled back."""
@@ -290,7 +300,7 @@ class Runner:
         if plan.lr_scale != self.state.lr_scale:
             self.state.lr_scale = plan.lr_scale
             set_peak_lr(self.parts.optimizer, self.parts.scheduler, self.settings.optim, plan.lr_scale)
-        if plan.objective:
+        if plan.objective and self.can_serve(plan.objective):
             self.switch_objective(plan.objective)
         if drop is not None:
             self.state.dropped_teachers = drop.dropped

@@ -15,13 +15,16 @@ from opdkit.engine.config import Config
 from opdkit.engine.precheck import check_before_loading, check_k_fits
 from opdkit.errors import ConfigError, DataError
 from opdkit.models.forward import StudentForward
-from opdkit.models.loading import DTYPES, PairReport, load_model, load_tokenizer, preflight
+from opdkit.models.alignment import Aligner
+from opdkit.models.crosstok import CrossTokenizerTeacher, cross_tokenizer_notes
+from opdkit.models.loading import DTYPES, PairReport, load_model, load_tokenizer, other_tokenizer, preflight
 from opdkit.models.multiteacher import build_multi_teacher, check_routes
 from opdkit.models.rollout import HFSampler, LowPrecisionCopy
 from opdkit.models.served import ServedTeacher
 from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher, Teacher
 from opdkit.models.vllm_sampler import VLLMSampler, VLLMUnavailable
-from opdkit.objectives import make_objective, needs_teacher, teacher_mismatch
+from opdkit.objectives import TOP_K, make_objective, needs_teacher, teacher_mismatch, teacher_needs
+from opdkit.objectives.capabilities import cross_tokenizer_problem
 from opdkit.scale.distributed import Dist
 from opdkit.scale.memory import set_mmap_threshold
 from opdkit.tasks.data import Example, PromptStream, fit_prompt, load_jsonl
@@ -123,12 +126,38 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
         teacher = ServedTeacher(cfg.teacher.url, cfg.model.teacher, renderer, cfg.teacher.top_k, cfg.teacher.temperature)
         return teacher, tokenizer, PairReport(vocab=report_vocab)
     teacher_tok = load_tokenizer(cfg.model.teacher)
+    if other_tokenizer(tokenizer, teacher_tok):
+        return build_cross_teacher(cfg, tokenizer, teacher_tok, report_vocab)
     teacher_model = load_model(cfg.model.teacher, cfg.model.teacher_dtype or cfg.model.dtype)
     report = preflight(tokenizer, teacher_tok, student, teacher_model, cfg.model.teacher_template)
     report.raise_if_bad()
     template_tok = tokenizer if cfg.model.teacher_template == "student" else teacher_tok
-    renderer = PromptRenderer(template_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+    renderer = PromptRenderer(template_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True,
+                              plain=cfg.model.teacher_template == "plain")
     teacher = ModelTeacher(teacher_model, renderer, tokenizer.pad_token_id, report.vocab, cfg.teacher.temperature)
+    return teacher, teacher_tok, report
+
+
+def build_cross_teacher(cfg: Config, tokenizer, teacher_tok, vocab: int):
+    """A teacher with another tokenizer: what it supports is checked before its weights load, and reported."""
+    name, options, d = cfg.objective_name, cfg.objective.options, cfg.data
+    problem = cross_tokenizer_problem(name, options)
+    if problem:
+        raise ConfigError(f"objective.name={name}: {problem}")
+    if cfg.rollout.source != "student":
+        raise ConfigError(f"rollout.source={cfg.rollout.source}: the teacher has another tokenizer, and teacher-written "
+                          f"responses would need re-tokenising for the student (not implemented); use rollout.source=student")
+    if cfg.model.teacher_template == "student":
+        raise ConfigError("model.teacher_template=student: the teacher has another tokenizer, so it renders its prompt in "
+                          "its own format ('' or 'teacher') or as plain text ('plain', for a base model)")
+    plain = cfg.model.teacher_template == "plain"
+    renderer = PromptRenderer(teacher_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True, plain=plain)
+    k = 0 if teacher_needs(name, options) != TOP_K or name == "chunk_rkl" else int(options.get("k", 20))
+    aligner = Aligner(tokenizer, teacher_tok)
+    aligner.check()                  # no offsets and no faithful decode, or a lossy tokenizer: refused before loading
+    model = load_model(cfg.model.teacher, cfg.model.teacher_dtype or cfg.model.dtype)
+    teacher = CrossTokenizerTeacher(model, renderer, tokenizer, teacher_tok, k, cfg.teacher.temperature)
+    report = PairReport(vocab=vocab, notes=cross_tokenizer_notes(teacher, tokenizer, teacher_tok, plain))
     return teacher, teacher_tok, report
 
 

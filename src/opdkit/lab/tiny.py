@@ -50,6 +50,21 @@ def build_tokenizer(vocab_size: int = 320, specials: list[str] = SPECIAL_TOKENS,
     return fast
 
 
+def build_base_tokenizer(vocab_size: int = 400):
+    """A SentencePiece-style BPE of a base model: spaces as '▁' that end tokens, byte fallback, EOS '</s>',
+    no chat template. With `build_tokenizer` it makes a cross-tokenizer pair: other ids, other boundaries."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None, fuse_unk=False))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<pad>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>")
+
+
 ARCHS = ("llama", "qwen2")
 
 

@@ -148,11 +148,22 @@ def _special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
 
 
-def compare_vocab(student_tok, teacher_tok, report: PairReport) -> None:
+def _differing_ids(student_tok, teacher_tok) -> tuple[list[int], list[int]]:
+    """(all ids whose token differs, those that are not special tokens)."""
     s, t = _id_map(student_tok), _id_map(teacher_tok)
     special = _special_ids(student_tok) | _special_ids(teacher_tok)
     differing = sorted(i for i in set(s) | set(t) if s.get(i) != t.get(i))
-    ordinary = [i for i in differing if i not in special]
+    return differing, [i for i in differing if i not in special]
+
+
+def other_tokenizer(student_tok, teacher_tok) -> bool:
+    """Whether the teacher tokenises text differently (ordinary tokens differ): a cross-tokenizer pair."""
+    return bool(_differing_ids(student_tok, teacher_tok)[1])
+
+
+def compare_vocab(student_tok, teacher_tok, report: PairReport) -> None:
+    s, t = _id_map(student_tok), _id_map(teacher_tok)
+    differing, ordinary = _differing_ids(student_tok, teacher_tok)
     if ordinary:
         shown = ", ".join(f"id {i}: student {s.get(i)!r} vs teacher {t.get(i)!r}" for i in ordinary[:5])
         report.problems.append(
@@ -175,7 +186,9 @@ def compare_templates(student_tok, teacher_tok, choice: str, report: PairReport)
     probe = messages("What is 2 + 3?", system="Be brief.")
     if render(student_tok, probe) == render(teacher_tok, probe):
         return
-    if choice:
+    if choice == "plain":
+        report.notes.append("chat templates differ; the teacher's prompt is plain text")
+    elif choice:
         report.notes.append(f"chat templates differ; the teacher's prompt uses the {choice}'s template")
     else:
         report.problems.append(

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from opdkit.errors import ConfigError, DataError
-from opdkit.models.loading import PairReport, load_model, load_tokenizer, preflight
+from opdkit.models.loading import PairReport, load_model, load_tokenizer, other_tokenizer, preflight
 from opdkit.models.rollout import Rollouts
 from opdkit.models.served import ServedTeacher, served_problem
 from opdkit.models.teachers import ModelTeacher, PromptRenderer, SelfTeacher
@@ -136,12 +136,20 @@ def build_members(cfg, student, tokenizer, vocab: int) -> tuple[dict, PairReport
             members[name] = SelfTeacher(student, renderer, tokenizer.pad_token_id, vocab, t.self_weights, t.ema_decay,
                                         t.temperature)
             continue
-        teacher_tok, model = load_tokenizer(path), load_model(path, cfg.model.teacher_dtype or cfg.model.dtype)
+        teacher_tok = load_tokenizer(path)
+        if other_tokenizer(tokenizer, teacher_tok):
+            raise ConfigError(
+                f"model.teachers.{name} ({path}) has another tokenizer than the student: "
+                + ("a mixture is a geometric mean over the student's vocabulary, which such a teacher cannot score"
+                   if cfg.teacher.combine == "mixture" else "routing shares one lm-head over the student's vocabulary, "
+                   "which such a teacher does not have") + "; use it alone as model.teacher (cross-tokenizer OPD)")
+        model = load_model(path, cfg.model.teacher_dtype or cfg.model.dtype)
         pair = preflight(tokenizer, teacher_tok, student, model, cfg.model.teacher_template)
         pair.problems = [f"teacher {name!r}: {p}" for p in pair.problems]
         pair.raise_if_bad()
         template_tok = tokenizer if cfg.model.teacher_template == "student" else teacher_tok
-        renderer = PromptRenderer(template_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
+        renderer = PromptRenderer(template_tok, d.system_prompt, d.pi, d.pi_placement, with_pi=True,
+                                  plain=cfg.model.teacher_template == "plain")
         members[name] = (model, renderer)
         report.vocab = min(report.vocab, pair.vocab)
         report.masked_special_ids = sorted(set(report.masked_special_ids) | set(pair.masked_special_ids))

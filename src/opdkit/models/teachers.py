@@ -39,10 +39,11 @@ class PromptRenderer:
     fixed_pi: str = ""
     placement: str = "system"
     with_pi: bool = False
+    plain: bool = False           # plain text even if the tokenizer has a chat template (a base model)
 
     def __call__(self, example: Example) -> list[int]:
         pi = (example.pi or self.fixed_pi) if self.with_pi else ""
-        return render(self.tokenizer, messages(example.prompt, self.system, pi, self.placement))
+        return render(self.tokenizer, messages(example.prompt, self.system, pi, self.placement), self.plain)
 
 
 class Teacher(Protocol):

@@ -15,6 +15,8 @@ from opdkit.objectives.losses import (
     RATIO,
     STUDENT_ONLY,
     TOP_K,
+    XTOK,
+    cross_tokenizer_objectives,
     topk_teacher_objectives,
 )
 
@@ -29,7 +31,9 @@ def teacher_needs(name: str, options: dict) -> str:
 
 
 def teacher_mismatch(name: str, options: dict, provides: str) -> str | None:
-    """Why a teacher that provides `provides` (FULL or TOP_K) cannot serve objective `name`; None if it can."""
+    """Why a teacher that provides `provides` (FULL, TOP_K or XTOK) cannot serve objective `name`; None if it can."""
+    if provides == XTOK:
+        return cross_tokenizer_problem(name, options)
     if provides == FULL or teacher_needs(name, options) != FULL:
         return None
     spec = OBJECTIVES[name]
@@ -37,6 +41,25 @@ def teacher_mismatch(name: str, options: dict, provides: str) -> str | None:
     what = f"support={support!r}" if spec.support_decides else "the full vocabulary"
     return (f"objective {name!r} needs the teacher's log-probabilities over {what}, but a served teacher returns only "
             f"its top-k; use one of {topk_teacher_objectives()}, or a local teacher")
+
+
+def cross_tokenizer_problem(name: str, options: dict) -> str | None:
+    """Why objective `name` cannot learn from a teacher with another tokenizer; None if it can.
+
+    Such a teacher has no log-probs at the student's token ids: only per aligned chunk, and its
+    top-k over the tokens both vocabularies spell the same, at chunk starts.
+    """
+    spec = OBJECTIVES[name]
+    if spec.teacher == NO_TEACHER:
+        return None
+    bound = {**spec.options, **options}
+    if spec.cross_tokenizer and teacher_needs(name, options) != FULL and not bound.get("include_sampled"):
+        return None
+    why = ("the teacher's log-probability of each student token" if name == "sampled_rkl"
+           else "the teacher's scores at the student's own token ids")
+    return (f"objective {name!r} needs {why}, but the teacher has another tokenizer (the vocabularies differ), so it "
+            f"scores aligned chunks of text instead; objectives that work across tokenizers: "
+            f"{cross_tokenizer_objectives()}")
 
 
 def prefix_problem(name: str, options: dict) -> str | None:
@@ -60,7 +83,8 @@ def prefix_problem(name: str, options: dict) -> str | None:
 def teacher_prefix_objectives() -> str:
     """The objectives that learn from teacher-sampled prefixes, for messages."""
     names = [n for n, s in OBJECTIVES.items() if s.teacher != NO_TEACHER and s.prefixes == ANY_PREFIX]
-    return ", ".join(names + ["sampled_rkl without clip", "sft"])
+    ratio = [f"{n} without clip" for n, s in OBJECTIVES.items() if s.prefixes == RATIO]
+    return ", ".join(names + ratio + ["sft"])
 
 
 def describe() -> str:
@@ -71,10 +95,25 @@ def describe() -> str:
              "prefixes (rollout.source): any = student, teacher or mix; ratio = student, or teacher/mix without "
              "clip (importance ratio vs the teacher's sampling log-probs); student = student only",
              "several teachers (model.teachers, local or self): full, so every objective, routed or as a geometric "
-             "mixture; a served member ({url, model}) only routed, and then every row is top-k", ""]
+             "mixture; a served member ({url, model}) only routed, and then every row is top-k",
+             f"teacher with another tokenizer ({XTOK}): log Q per aligned chunk and its top-k over shared tokens at "
+             f"chunk starts: {cross_tokenizer_objectives()}; student prefixes only, alone (not in model.teachers)",
+             ""]
     for name, s in OBJECTIVES.items():
         sound = {True: "sound", False: "BIASED", None: "no teacher"}[s.sound]
-        needs = f"{TOP_K} or {FULL}" if s.support_decides else s.teacher
-        lines.append(f"{name:<17} [{needs}; {sound}; prefixes: {s.prefixes}] {s.description}")
+        needs = f"{TOP_K} or {FULL}" if s.support_decides and "support" not in s.options else s.teacher
+        kinds = _teacher_kinds(name) if s.teacher != NO_TEACHER else "no teacher"
+        lines.append(f"{name:<17} [{needs}; {sound}; prefixes: {s.prefixes}; teachers: {kinds}] {s.description}")
         lines.append(f"{'':<17} fixed point: {s.fixed_point}")
     return "\n".join(lines)
+
+
+def _teacher_kinds(name: str) -> str:
+    """Which teacher kinds serve `name` with its default options: same tokenizer, served top-k, cross-tokenizer."""
+    kinds = [label for label, provides in (("same-tokenizer", FULL), ("served top-k", TOP_K),
+                                           ("cross-tokenizer", XTOK))
+             if teacher_mismatch(name, {}, provides) is None]
+    spec = OBJECTIVES[name]
+    if spec.support_decides and "support" not in spec.options:
+        return ", ".join(kinds) + "; with support=teacher|intersection also served top-k, cross-tokenizer"
+    return ", ".join(kinds)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from opdkit.objectives.chunks import row_slices
 from opdkit.objectives.scores import Head, ObjectiveInputs, ObjectiveOutput
 
 __all__ = ["Head", "ObjectiveResult", "objective_loss", "chunked_objective_loss", "default_chunk_size",
@@ -114,8 +115,7 @@ class _ChunkPlan:
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
         grad_b = None if bias is None or not want_grads else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], self.chunk_size):
-            rows = slice(start, start + self.chunk_size)
+        for rows in row_slices(hidden.shape[0], self.chunk_size, self.inputs.teacher.chunk_ids):   # aligned chunks whole
             h = hidden[rows].detach()
             raw = F.linear(h, weight.detach(), None if bias is None else bias.detach())   # (C, V)
             raw.requires_grad_(want_grads)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from opdkit.objectives import topk as topk_lib
+from opdkit.objectives.chunks import chunk_rkl
 from opdkit.objectives.scores import ObjectiveInputs, ObjectiveOutput, check_shapes, upcast
 from opdkit.objectives.scores import require as _require_fields
 
@@ -228,6 +229,8 @@ def grpo(logits: Tensor, inputs: ObjectiveInputs, clip: float | None = 0.2) -> O
 FULL = "full"              # log q at any token id: a local teacher
 TOP_K = "top-k"            # the teacher's top-k and its log q of the sampled token: any teacher, served ones too
 NO_TEACHER = "none"        # sft, grpo
+XTOK = "cross-tokenizer"   # what a teacher with another tokenizer provides: log Q per aligned chunk, and its top-k
+                           # over the tokens both vocabularies share at chunk starts (opdkit.models.crosstok)
 # Top-K RKL supports that need log q at the student's own top-K ids, which only a full teacher has.
 FULL_SUPPORTS = ("student", "union")
 # Which prefixes an objective can learn from (rollout.source, opdkit.engine.prefix).
@@ -246,6 +249,7 @@ class ObjectiveSpec:
     fixed_point: str
     support_decides: bool = False     # top-K RKL: FULL_SUPPORTS need FULL, the others TOP_K
     prefixes: str = ANY_PREFIX        # ANY_PREFIX | RATIO | STUDENT_ONLY: see prefix_problem
+    cross_tokenizer: bool = False     # works with a teacher of another tokenizer (top-K ones: teacher-side supports)
 
     def needs(self, options: dict) -> str:
         """What the teacher must provide for this objective with `options` (FULL, TOP_K or NO_TEACHER)."""
@@ -257,7 +261,7 @@ class ObjectiveSpec:
 
 def _topk(fn, fixed, sound, description, fixed_point) -> ObjectiveSpec:
     """A member of the top-K RKL family: a top-k teacher suffices unless the support is the student's."""
-    return ObjectiveSpec(fn, fixed, TOP_K, sound, description, fixed_point, support_decides=True)
+    return ObjectiveSpec(fn, fixed, TOP_K, sound, description, fixed_point, support_decides=True, cross_tokenizer=True)
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -288,7 +292,15 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         "p = q on K and P_tail = Q_tail"),
     "topk_fkl_teacher": ObjectiveSpec(topk_fkl_teacher, {}, TOP_K, False,
         "Teacher top-K forward KL -sum_{K_T} q log p (verl forward_kl_topk)",
-        "p = q/Q_K on K_T, 0 elsewhere (over-concentrates)"),
+        "p = q/Q_K on K_T, 0 elsewhere (over-concentrates)", cross_tokenizer=True),
+    "chunk_rkl": ObjectiveSpec(chunk_rkl, {}, TOP_K, True,
+        "Sampled RKL over aligned chunks: every token of chunk c gets reward log Q(c) - log P(c) (cross-tokenizer "
+        "baseline; with one tokenizer, sampled_rkl)", "p = q on every chunk's text", prefixes=RATIO,
+        cross_tokenizer=True),
+    "shared_topk": _topk(topk_rkl, {"support": "teacher", "norm": "tail"}, True,
+        "Top-K RKL on the teacher's top-K with a tail bucket; cross-tokenizer: the top-K of tokens both "
+        "vocabularies spell the same, at chunk starts, unmatched mass in the tail (GOLD/ULD-like)",
+        "p = q on the shared top-K and P_tail = Q_tail"),
     "sft": ObjectiveSpec(sft, {}, NO_TEACHER, None, "NLL of given tokens (SFT on teacher traces)",
         "p = the data distribution"),
     "grpo": ObjectiveSpec(grpo, {}, NO_TEACHER, None,
@@ -326,7 +338,9 @@ def make_objective(name: str, **options) -> Callable[[Tensor, ObjectiveInputs], 
         k = bound.get("k")
         if k is not None and k > logits.shape[-1]:
             raise ValueError(f"k={k} is larger than the vocabulary ({logits.shape[-1]} tokens)")
-        return fn(logits, inputs)
+        out = fn(logits, inputs)
+        out.metrics.update(inputs.teacher.diagnostics)      # per-position values the teacher reports (alignment)
+        return out
 
     objective.__name__ = name
     objective.options = bound  # type: ignore[attr-defined]
@@ -356,6 +370,14 @@ def _validate_options(name: str, options: dict) -> None:
     for key, choices in OPTION_CHOICES.items():
         if key in options and options[key] not in choices:
             raise ValueError(f"{name}: {key} must be one of {choices}, got {options[key]!r}")
+
+
+def cross_tokenizer_objectives() -> str:
+    """The objectives a teacher with another tokenizer supports, for messages."""
+    plain = sorted((n for n, s in OBJECTIVES.items() if s.cross_tokenizer and not s.support_decides),
+                   key=lambda n: n != "chunk_rkl")          # the baseline first
+    named = [n for n, s in OBJECTIVES.items() if s.support_decides and s.options.get("support") == "teacher"]
+    return ", ".join(plain + named + ["topk_rkl* with support=teacher or intersection (no include_sampled)"])
 
 
 def topk_teacher_objectives() -> str:

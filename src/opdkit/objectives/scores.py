@@ -52,7 +52,10 @@ class Head:
         return Head(self.hidden.to(device), self.weight.to(device), _to(self.bias, device), self.temperature)
 
 
-TENSOR_FIELDS = ("logprobs", "topk_ids", "topk_logprobs", "sampled_logprobs")
+TENSOR_FIELDS = ("logprobs", "topk_ids", "topk_logprobs", "sampled_logprobs", "chunk_ids", "chunk_logprobs",
+                 "topk_mask")
+# Fields with one value per position (no trailing axis).
+POSITION_FIELDS = ("sampled_logprobs", "chunk_ids", "chunk_logprobs", "topk_mask")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ class TeacherScores:
     sampled_logprobs: (...,)   log q of the token the student sampled there.
     head:             a local teacher's hidden states (..., H) and lm-head: full log-probs on
                       demand (`resolved`), never all positions at once in the chunked path.
+    A teacher with another tokenizer (`opdkit.models.crosstok`) scores aligned chunks instead:
+    chunk_ids:        (...,) long: the chunk of each position, unique over the batch (its first
+                      position's flat index); a chunk is never split across row chunks.
+    chunk_logprobs:   (...,) the teacher's log-prob of the chunk's text, at every position of it.
+    topk_mask:        (...,) bool: where topk_ids / topk_logprobs hold (chunk starts, where both
+                      sides condition on the same text); elsewhere top-K objectives give 0.
+    diagnostics:      name -> (...,) per-position values the teacher reports (alignment coverage).
     """
 
     logprobs: Tensor | None = None
@@ -72,24 +82,31 @@ class TeacherScores:
     topk_logprobs: Tensor | None = None
     sampled_logprobs: Tensor | None = None
     head: Head | None = None
+    chunk_ids: Tensor | None = None
+    chunk_logprobs: Tensor | None = None
+    topk_mask: Tensor | None = None
+    diagnostics: dict = field(default_factory=dict)
 
     def rows(self, index: slice | Tensor) -> "TeacherScores":
         """The same scores restricted to a subset of (flattened) rows."""
         head = None if self.head is None else self.head.rows(index)
-        return replace(self, head=head, **{name: _take(getattr(self, name), index) for name in TENSOR_FIELDS})
+        return replace(self, head=head, diagnostics={k: v[index] for k, v in self.diagnostics.items()},
+                       **{name: _take(getattr(self, name), index) for name in TENSOR_FIELDS})
 
     def flatten(self) -> "TeacherScores":
         """Collapse the leading (N, T) shape into rows (N*T,)."""
         def flat(name: str, t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
-            return t.reshape(-1) if name == "sampled_logprobs" else t.reshape(-1, t.shape[-1])
+            return t.reshape(-1) if name in POSITION_FIELDS else t.reshape(-1, t.shape[-1])
         head = None if self.head is None else self.head.flatten()
-        return TeacherScores(head=head, **{name: flat(name, getattr(self, name)) for name in TENSOR_FIELDS})
+        return TeacherScores(head=head, diagnostics={k: v.reshape(-1) for k, v in self.diagnostics.items()},
+                             **{name: flat(name, getattr(self, name)) for name in TENSOR_FIELDS})
 
     def to(self, device) -> "TeacherScores":
         head = None if self.head is None else self.head.to(device)
-        return TeacherScores(head=head, **{name: _to(getattr(self, name), device) for name in TENSOR_FIELDS})
+        return TeacherScores(head=head, diagnostics={k: v.to(device) for k, v in self.diagnostics.items()},
+                             **{name: _to(getattr(self, name), device) for name in TENSOR_FIELDS})
 
     def resolved(self) -> "TeacherScores":
         """Full log-probs made from the lazy head (no gradient), or these scores as they are."""
@@ -183,6 +200,7 @@ NEEDS_HELP = {
     "topk_ids": "the teacher's top-k ids (any teacher, served ones included)",
     "topk_logprobs": "the teacher's top-k log-probabilities",
     "sampled_logprobs": "the teacher's log-probability of each sampled token",
+    "chunk_logprobs": "the teacher's log-probability of each aligned chunk (a teacher with another tokenizer)",
     "advantages": "per-token advantages (GRPO: opdkit.objectives.group_advantages)",
 }
 
@@ -218,7 +236,7 @@ def check_shapes(logits: Tensor, inputs: ObjectiveInputs) -> None:
             raise ValueError("teacher.topk_ids and teacher.topk_logprobs must be given together")
         _expect("teacher.topk_ids", t.topk_ids, lead + (t.topk_ids.shape[-1],))
         _expect("teacher.topk_logprobs", t.topk_logprobs, tuple(t.topk_ids.shape))
-    for name in ("sampled_logprobs",):
+    for name in POSITION_FIELDS:
         if getattr(t, name) is not None:
             _expect(f"teacher.{name}", getattr(t, name), lead)
     for name in ("behaviour_logprobs", "advantages"):

@@ -158,7 +158,16 @@ def topk_rkl(logp: Tensor, inputs: ObjectiveInputs, k: int, support: str, norm: 
         loss = loss + tail
     metrics = position_metrics(logp.detach(), inputs.teacher, k)
     metrics.update(support_metrics(log_pk.detach(), log_qk.detach(), valid))
-    return ObjectiveOutput(loss, metrics)
+    return only_where_defined(ObjectiveOutput(loss, metrics), inputs.teacher)
+
+
+def only_where_defined(out: ObjectiveOutput, teacher: TeacherScores) -> ObjectiveOutput:
+    """Zero loss and metrics where the teacher's top-k is not defined (`topk_mask`: a teacher with
+    another tokenizer has one only at chunk starts, where both sides condition on the same text)."""
+    if teacher.topk_mask is None:
+        return out
+    keep = teacher.topk_mask.to(out.loss.dtype)
+    return ObjectiveOutput(out.loss * keep, {k: v * keep for k, v in out.metrics.items()})
 
 
 def support_metrics(log_pk: Tensor, log_qk: Tensor, valid: Tensor) -> dict[str, Tensor]:
@@ -185,7 +194,7 @@ def topk_fkl_teacher(logp: Tensor, inputs: ObjectiveInputs, k: int):
     valid = torch.ones_like(ids, dtype=torch.bool)
     metrics = position_metrics(logp.detach(), teacher, k)
     metrics.update(support_metrics(_masked_logsumexp(lp.detach(), valid), _masked_logsumexp(lq, valid), valid))
-    return ObjectiveOutput(loss, metrics)
+    return only_where_defined(ObjectiveOutput(loss, metrics), teacher)
 
 
 @torch.no_grad()

@@ -88,9 +88,10 @@ def messages(prompt: str, system: str = "", pi: str = "", pi_placement: str = "s
     return out + [{"role": "user", "content": user_text}]
 
 
-def render(tokenizer, msgs: list[dict]) -> list[int]:
-    """Token ids of the chat-rendered prompt, ending with the assistant turn's opening."""
-    if getattr(tokenizer, "chat_template", None):
+def render(tokenizer, msgs: list[dict], plain: bool = False) -> list[int]:
+    """Token ids of the chat-rendered prompt, ending with the assistant turn's opening
+    (`plain`, or a tokenizer without a template: the messages as plain text)."""
+    if getattr(tokenizer, "chat_template", None) and not plain:
         text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     # No template (base models): plain text, one message per paragraph.
