@@ -2,8 +2,8 @@
 
     python benchmarks/scaling_plot.py benchmarks/out/scaling/results.json docs/scaling_vs_trl.png
 
-Left column: the SmolLM2 pair against the response length (tokens per step = batch x length; the
-batch is in each point's label). Right column: the teacher vocabulary, SmolLM2 (49k) vs Gemma-3 (262k)
+Left column: the SmolLM2 pair against the response length: seconds per 1,000 sampled tokens (the
+step time over batch x length, so points at different batches compare) and peak RSS (batch annotated). Right column: the teacher vocabulary, SmolLM2 (49k) vs Gemma-3 (262k)
 at the shortest length both pairs ran. Arms killed at the memory cap are drawn as an x at the RSS
 they had reached. Every value comes from the file's rows (medians over an arm's ok repeats).
 """
@@ -28,18 +28,21 @@ def length_axis(ax_time, ax_rss, meds: dict, pair: str) -> None:
         if len(pts) < 2:
             continue
         xs = [length for length, _, _ in pts]
-        ax_time.plot(xs, [m["median_step_wall_s"] for *_, m in pts], color=color, marker=marker, label=label)
+        ax_time.plot(xs, [1000 / m["tokens_per_s_step"] if m["tokens_per_s_step"] else None for *_, m in pts],
+                     color=color, marker=marker, label=label)
         ax_rss.plot(xs, [m["process_peak_rss_mib"] / 1024 if m["process_peak_rss_mib"] else None for *_, m in pts],
                     color=color, marker=marker, label=label)
         for length, batch, m in pts:
+            if arm == "trl_fp32":
+                ax_rss.annotate(f"batch {batch}", (length, (m["process_peak_rss_mib"] or m["max_rss_seen"]) / 1024),
+                                textcoords="offset points", xytext=(-20, 8), fontsize=7)
             if m["process_peak_rss_mib"] is None:
                 ax_rss.plot([length], [m["max_rss_seen"] / 1024], color=color, marker="x", markersize=12)
-    for ax, ylabel in ((ax_time, "median step s"), (ax_rss, "peak RSS GiB (process)")):
+    for ax, ylabel in ((ax_time, "step s per 1k response tokens"), (ax_rss, "peak RSS GiB (process)")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"response length, {pair} pair (batch in the table)")
+        ax.set_xlabel(f"response length (new tokens per row), {pair} pair")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    ax_time.set_yscale("log")
     ax_time.legend(fontsize=7)
 
 

@@ -128,6 +128,29 @@ def growth(meds: dict) -> str:
     return "\n".join(lines)
 
 
+def phases(row: dict) -> tuple[float, float, float] | None:
+    """(generate, forward + loss, backward) seconds of one run, each side's own split."""
+    if "phases_median_s" in row:
+        ph = row["phases_median_s"]
+        return ph.get("rollout", 0.0), ph.get("teacher", 0.0) + ph.get("student_forward", 0.0), ph.get("backward", 0.0)
+    if "median_hf_generate_s" in row:
+        return row["median_hf_generate_s"], row["median_fwd_loss_s"], row["median_backward_s"]
+    return None
+
+
+def phase_table(report: dict) -> str:
+    groups: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for row in report["rows"]:
+        split = phases(row) if row["status"] == "ok" else None
+        if split:
+            groups.setdefault((row["point"], row["arm"]), []).append(split)
+    lines = ["| point | arm | generate s | forward + loss s | backward s |", "|---|---|---|---|---|"]
+    for (point, arm), splits in groups.items():
+        cols = [statistics.median(s[i] for s in splits) for i in range(3)]
+        lines.append(f"| {point} | {arm} | " + " | ".join(f"{c:.2f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def render_all(report: dict) -> str:
     meds = medians(report) if report.get("rows") else {}
     m = report["machine"]
@@ -135,7 +158,9 @@ def render_all(report: dict) -> str:
             f"{report['threads']} thread(s) per arm, plan {report['plan']}, started {report['started_utc']} UTC"
             f"{', finished ' + report['finished_utc'] + ' UTC' if 'finished_utc' in report else ' (unfinished)'}.")
     targets = ["| target | measured | verdict |", "|---|---|---|", *target_rows(report, meds)]
-    return "\n\n".join([head, "### Every arm", scaling_table(report, meds), "### Like with like", like_for_like(meds),
+    return "\n\n".join([head, "### Every arm", scaling_table(report, meds), "### Where the step goes (medians; opdkit: rollout, teacher + student "
+                        "forward, backward; TRL: the anchor's split)", phase_table(report) if meds else "",
+                        "### Like with like", like_for_like(meds),
                         "### Targets (issue 19)", "\n".join(targets), "### Peak RSS against response length",
                         growth(meds)]) + "\n"
 
