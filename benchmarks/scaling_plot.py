@@ -3,7 +3,8 @@
     python benchmarks/scaling_plot.py benchmarks/out/scaling/results.json docs/scaling_vs_trl.png
 
 Left column: the SmolLM2 pair against the response length: seconds per 1,000 sampled tokens (the
-step time over batch x length, so points at different batches compare) and peak RSS (batch annotated). Right column: the teacher vocabulary, SmolLM2 (49k) vs Gemma-3 (262k)
+step time over batch x length, so points at different batches compare) and peak RSS (batch annotated).
+Right column: the teacher vocabulary, SmolLM2 (49k) vs Gemma-3 (262k)
 at the shortest length both pairs ran. Arms killed at the memory cap are drawn as an x at the RSS
 they had reached. Every value comes from the file's rows (medians over an arm's ok repeats).
 """

@@ -158,8 +158,8 @@ def render_all(report: dict) -> str:
             f"{report['threads']} thread(s) per arm, plan {report['plan']}, started {report['started_utc']} UTC"
             f"{', finished ' + report['finished_utc'] + ' UTC' if 'finished_utc' in report else ' (unfinished)'}.")
     targets = ["| target | measured | verdict |", "|---|---|---|", *target_rows(report, meds)]
-    return "\n\n".join([head, "### Every arm", scaling_table(report, meds), "### Where the step goes (medians; opdkit: rollout, teacher + student "
-                        "forward, backward; TRL: the anchor's split)", phase_table(report) if meds else "",
+    where = "### Where the step goes (medians; opdkit: rollout, teacher + student forward, backward; TRL: the anchor's split)"
+    return "\n\n".join([head, "### Every arm", scaling_table(report, meds), where, phase_table(report) if meds else "",
                         "### Like with like", like_for_like(meds),
                         "### Targets (issue 19)", "\n".join(targets), "### Peak RSS against response length",
                         growth(meds)]) + "\n"
