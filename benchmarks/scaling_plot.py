@@ -1,11 +1,12 @@
 """Plot benchmarks/scaling_vs_trl.py's results.json: step time and peak RSS, opdkit vs TRL, as cost grows.
 
-    python benchmarks/scaling_plot.py benchmarks/out/scaling/results.json docs/scaling_vs_trl.png
+    python benchmarks/scaling_plot.py benchmarks/out/scaling/results.json [MORE.json ...] docs/scaling_vs_trl.png
 
 Left column: the SmolLM2 pair against the response length: seconds per 1,000 sampled tokens (the
 step time over batch x length, so points at different batches compare) and peak RSS (batch annotated).
 Right column: the teacher vocabulary, SmolLM2 (49k) vs Gemma-3 (262k)
-at the shortest length both pairs ran. Arms killed at the memory cap are drawn as an x at the RSS
+at each length both pairs ran (rows of several results files are joined; each point's ratios are
+from the run that measured it). Arms killed at the memory cap are drawn as an x at the RSS
 they had reached. Every value comes from the file's rows (medians over an arm's ok repeats).
 """
 from __future__ import annotations
@@ -48,28 +49,30 @@ def length_axis(ax_time, ax_rss, meds: dict, pair: str) -> None:
 
 
 def vocab_axis(ax_time, ax_rss, meds: dict) -> None:
-    lengths = {p: {m["length"] for (q, a), m in meds.items() if m["pair"] == p} for p in ("smol", "gemma")}
-    shared = sorted(lengths["smol"] & lengths["gemma"])
-    if not shared:
+    """Bars per arm for each (pair, length) where both pairs ran that length."""
+    lengths = {p: {m["length"] for m in meds.values() if m["pair"] == p} for p in ("smol", "gemma")}
+    groups = [(pair, length) for length in sorted(lengths["smol"] & lengths["gemma"]) for pair in ("smol", "gemma")]
+    if not groups:
         for ax in (ax_time, ax_rss):
             ax.text(0.5, 0.5, "no length run on both pairs", ha="center", transform=ax.transAxes)
         return
-    length = shared[0]
-    arms = [a for a in STYLE if all(any(a == b and m["pair"] == p and m["length"] == length for (q, b), m in meds.items())
-                                    for p in ("smol", "gemma"))]
+    found = {(m["pair"], m["length"], a): m for (q, a), m in meds.items()}
+    arms = [a for a in STYLE if all((p, n, a) in found for p, n in groups)]
     width = 0.8 / max(len(arms), 1)
     for i, arm in enumerate(arms):
         color, _, label = STYLE[arm]
-        for j, pair in enumerate(("smol", "gemma")):
-            m = next(m for (q, a), m in meds.items() if a == arm and m["pair"] == pair and m["length"] == length)
-            x = j + i * width
-            ax_time.bar(x, m["median_step_wall_s"] or 0, width, color=color, label=label if j == 0 else None)
-            ax_rss.bar(x, (m["process_peak_rss_mib"] or m["max_rss_seen"]) / 1024, width, color=color,
+        for j, (pair, length) in enumerate(groups):
+            m = found[(pair, length, arm)]
+            speed = 1000 / m["tokens_per_s_step"] if m["tokens_per_s_step"] else 0
+            ax_time.bar(j + i * width, speed, width, color=color, label=label if j == 0 else None)
+            ax_rss.bar(j + i * width, (m["process_peak_rss_mib"] or m["max_rss_seen"]) / 1024, width, color=color,
                        hatch=None if m["process_peak_rss_mib"] else "xx")
-    for ax, ylabel in ((ax_time, "median step s"), (ax_rss, "peak RSS GiB (process)")):
-        ax.set_xticks([0.4 - width / 2, 1.4 - width / 2], ["SmolLM2 (V 49,152)", "Gemma-3-270M (V 262,144)"])
+    names = {"smol": "SmolLM2\nV 49,152", "gemma": "Gemma-3-270M\nV 262,144"}
+    for ax, ylabel in ((ax_time, "step s per 1k response tokens"), (ax_rss, "peak RSS GiB (process)")):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))],
+                      [f"{names[p]}\n{n} tokens (batch {found[(p, n, arms[0])]['batch']})" for p, n in groups], fontsize=7)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"teacher vocabulary, {length}-token responses", fontsize=9)
+        ax.set_title("teacher vocabulary", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     ax_time.legend(fontsize=7)
 
@@ -91,5 +94,13 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merged(paths: list[Path]) -> dict:
+    """One report from several results.json (rows joined; the first file's machine and threads)."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    return {**reports[0], "rows": [row for r in reports for row in r["rows"]]}
+
+
 if __name__ == "__main__":
-    plot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+    if len(sys.argv) < 3:
+        raise SystemExit("usage: scaling_plot.py RESULTS.json [MORE.json ...] OUT.png")
+    plot(merged([Path(a) for a in sys.argv[1:-1]]), Path(sys.argv[-1]))

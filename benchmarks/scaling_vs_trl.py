@@ -61,7 +61,8 @@ PLANS = {
     "full": [Point("smol", 64, 4, 3, 2, tuple(ARMS)),
              Point("gemma", 64, 4, 3, 2, BASE),
              Point("smol", 256, 4, 3, 1, BASE),
-             Point("smol", 1024, 2, 2, 1, BASE)],
+             Point("smol", 1024, 2, 2, 1, BASE),
+             Point("gemma", 256, 4, 2, 1, BASE)],      # run as its own command in session 5 (BENCHMARKS.md)
     "tiny": [Point("tiny", 8, 4, 3, 2, tuple(ARMS)), Point("tiny", 32, 4, 3, 1, BASE)],
 }
 
