@@ -44,8 +44,16 @@ def fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
+def per_repeat(report: dict, point: str, arm: str) -> str:
+    """x TRL fp32 tok/s within each repeat (the two arms ran minutes apart, under about the same load)."""
+    rows = {(r["arm"], r["repeat"]): r for r in report["rows"] if r["point"] == point and r["status"] == "ok"}
+    out = [f"{rows[(arm, k)]['tokens_per_s_step'] / rows[(BASE, k)]['tokens_per_s_step']:.2f}"
+           for (a, k) in sorted(rows) if a == arm and (BASE, k) in rows]
+    return " / ".join(out) if len(out) > 1 else ""
+
+
 def scaling_table(report: dict, meds: dict) -> str:
-    lines = ["| point | arm | runs ok | median step s | tok/s | x TRL fp32 tok/s | peak RSS MiB | x TRL fp32 RSS | "
+    lines = ["| point | arm | runs ok | median step s | tok/s | x TRL fp32 tok/s (per repeat) | peak RSS MiB | x TRL fp32 RSS | "
              "load (1-min avg) |", "|---|---|---|---|---|---|---|---|---|"]
     for (point, arm), m in meds.items():
         base = meds.get((point, BASE), {})
@@ -54,7 +62,8 @@ def scaling_table(report: dict, meds: dict) -> str:
                                                          f" ({', '.join(s for s in m['statuses'] if s != 'ok')})")
         rss_text = fmt(rss, ".0f") if rss is not None else f"> {m['max_rss_seen']:.0f} (killed)"
         lines.append(f"| {point} | {arm} | {status} | {fmt(m['median_step_wall_s'])} | {fmt(m['tokens_per_s_step'], '.1f')} | "
-                     f"{fmt(ratio(m['tokens_per_s_step'], base.get('tokens_per_s_step')))} | {rss_text} | "
+                     f"{fmt(ratio(m['tokens_per_s_step'], base.get('tokens_per_s_step')))}"
+                     f"{' (' + per_repeat(report, point, arm) + ')' if per_repeat(report, point, arm) else ''} | {rss_text} | "
                      f"{fmt(ratio(rss, base.get('process_peak_rss_mib')))} | {m['load'][0]:.1f}-{m['load'][1]:.1f} |")
     return "\n".join(lines)
 

@@ -135,3 +135,10 @@ def test_tiny_plan_runs_every_arm_of_both_sides(tmp_path):
         assert r["status"] == "ok" and r["process_peak_rss_mib"] > 0 and r["tokens_per_s_step"] > 0
         assert all(0 < t <= 4 * 32 for t in r["completion_tokens_per_step"])
     assert "### Targets (issue 19)" in (tmp_path / "tables.md").read_text()
+
+
+def test_per_repeat_ratio_pairs_each_arm_with_trl_of_the_same_repeat():
+    report = fake_report()
+    report["rows"].append({**report["rows"][2], "repeat": 1, "tokens_per_s_step": 240.0})   # opdkit_default, repeat 1
+    assert scaling_tables.per_repeat(report, "smol-L64-B4", "opdkit_default") == "1.76 / 2.00"   # 176/100, 240/120
+    assert scaling_tables.per_repeat(report, "smol-L64-B4", "opdkit_bf16") == ""                 # one repeat: no list
