@@ -44,11 +44,11 @@ def fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
-def per_repeat(report: dict, point: str, arm: str) -> str:
-    """x TRL fp32 tok/s within each repeat (the two arms ran minutes apart, under about the same load)."""
+def per_repeat(report: dict, point: str, arm: str, base: str = BASE) -> str:
+    """x base tok/s within each repeat (the two arms ran minutes apart, under about the same load)."""
     rows = {(r["arm"], r["repeat"]): r for r in report["rows"] if r["point"] == point and r["status"] == "ok"}
-    out = [f"{rows[(arm, k)]['tokens_per_s_step'] / rows[(BASE, k)]['tokens_per_s_step']:.2f}"
-           for (a, k) in sorted(rows) if a == arm and (BASE, k) in rows]
+    out = [f"{rows[(arm, k)]['tokens_per_s_step'] / rows[(base, k)]['tokens_per_s_step']:.2f}"
+           for (a, k) in sorted(rows) if a == arm and (base, k) in rows]
     return " / ".join(out) if len(out) > 1 else ""
 
 
@@ -68,7 +68,7 @@ def scaling_table(report: dict, meds: dict) -> str:
     return "\n".join(lines)
 
 
-def like_for_like(meds: dict) -> str:
+def like_for_like(report: dict, meds: dict) -> str:
     point = next((p for (p, a) in meds if a == "trl_bf16"), None)
     if point is None:
         return "(no point with TRL bf16 in this run)"
@@ -76,11 +76,13 @@ def like_for_like(meds: dict) -> str:
              ("opdkit_lean_bf16_teacher", "trl_bf16", "opdkit bf16 sampler + bf16 teacher (fp32 training) vs TRL bf16"),
              ("opdkit_bf16", "trl_bf16", "opdkit all bf16 (weights, grads, AdamW state) vs TRL bf16 autocast"),
              ("trl_bf16", "trl_fp32", "TRL's own bf16 vs fp32")]
-    lines = [f"At {point}:", "", "| comparison | x tok/s | x peak RSS |", "|---|---|---|"]
+    lines = [f"At {point}:", "", "| comparison | x tok/s of medians (per repeat) | x peak RSS |", "|---|---|---|"]
     for arm, base, text in pairs:
         a, b = meds.get((point, arm)), meds.get((point, base))
         if a and b:
-            lines.append(f"| {text} ({arm} / {base}) | {fmt(ratio(a['tokens_per_s_step'], b['tokens_per_s_step']))} | "
+            each = per_repeat(report, point, arm, base)
+            lines.append(f"| {text} ({arm} / {base}) | {fmt(ratio(a['tokens_per_s_step'], b['tokens_per_s_step']))}"
+                         f"{' (' + each + ')' if each else ''} | "
                          f"{fmt(ratio(a['process_peak_rss_mib'], b['process_peak_rss_mib']))} |")
     return "\n".join(lines)
 
@@ -169,7 +171,7 @@ def render_all(report: dict) -> str:
     targets = ["| target | measured | verdict |", "|---|---|---|", *target_rows(report, meds)]
     where = "### Where the step goes (medians; opdkit: rollout, teacher + student forward, backward; TRL: the anchor's split)"
     return "\n\n".join([head, "### Every arm", scaling_table(report, meds), where, phase_table(report) if meds else "",
-                        "### Like with like", like_for_like(meds),
+                        "### Like with like", like_for_like(report, meds),
                         "### Targets (issue 19)", "\n".join(targets), "### Peak RSS against response length",
                         growth(meds)]) + "\n"
 
