@@ -142,3 +142,35 @@ def test_per_repeat_ratio_pairs_each_arm_with_trl_of_the_same_repeat():
     report["rows"].append({**report["rows"][2], "repeat": 1, "tokens_per_s_step": 240.0})   # opdkit_default, repeat 1
     assert scaling_tables.per_repeat(report, "smol-L64-B4", "opdkit_default") == "1.76 / 2.00"   # 176/100, 240/120
     assert scaling_tables.per_repeat(report, "smol-L64-B4", "opdkit_bf16") == ""                 # one repeat: no list
+
+
+def test_sampler_memory_arms_sample_the_same_rows_in_process():
+    """Each arm's measurement (run here in-process on the tiny model): same rows, a peak, the predicted buffers."""
+    from opd_step_vs_trl import ensure_tiny
+    from sampler_memory import ARMS, child
+    ensure_tiny(BENCH / "out" / "tiny-6l")
+    for arm in ARMS:
+        r = child(arm, str(BENCH / "out" / "tiny-6l"), drop_every=3, length=8, batch=2)
+        assert r["arm"] == arm and 0 < r["new_tokens"] <= 2 * 8 and r["peak_over_before_mib"] >= 0
+        assert r["predicted_scores_mib"] == 3 * 2 * 8 * r["vocab"] * 4 / 2**20
+
+
+@pytest.mark.slow
+def test_sampler_memory_measures_both_arms_on_the_tiny_model():
+    """benchmarks/sampler_memory.py --tiny: both arms sample the same number of rows; the table prints."""
+    done = subprocess.run([sys.executable, str(BENCH / "sampler_memory.py"), "--tiny", "--length", "16"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(l) for l in done.stdout.splitlines() if l.startswith("{")]
+    assert [r["arm"] for r in rows] == ["opdkit_hf_sampler", "generate_without_scores"]
+    for r in rows:
+        assert 0 < r["new_tokens"] <= 4 * 16 and r["peak_over_before_mib"] >= 0
+        assert r["predicted_scores_mib"] == 3 * 4 * 16 * r["vocab"] * 4 / 2**20
+    assert "| opdkit_hf_sampler | 4 x 16 |" in done.stdout
+
+
+def test_sampler_memory_without_a_model_is_one_error_line(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "sampler_memory.py"), "--model-dir", str(tmp_path / "none")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("sampler_memory: error:") and len(done.stderr.strip().splitlines()) == 1
