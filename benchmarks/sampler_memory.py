@@ -3,9 +3,10 @@
     python benchmarks/sampler_memory.py --model-dir DIR --length 256 --batch 4      # student = every 3rd layer of DIR
     python benchmarks/sampler_memory.py --tiny                                      # the tiny pair (CI)
 
-opdkit's sampler asks `generate` for `output_scores=True` and stacks the per-step scores into a
-(B, L, V) tensor to read the sampled tokens' log-probs (BENCHMARKS.md, issue 19 session 5). This
-measures what that costs: each arm runs in a fresh process, loads the model, cuts it to every n-th
+opdkit's sampler used to ask `generate` for `output_scores=True` and stack the per-step scores into a
+(B, L, V) tensor to read the sampled tokens' log-probs (BENCHMARKS.md, issue 19 session 5); it now
+records them per step (`models/rollout.BehaviourRecorder`). This measures what the sampler costs
+over plain `generate`: each arm runs in a fresh process, loads the model, cuts it to every n-th
 layer, resets the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5), samples once, and reports
 VmHWM minus the RSS just before sampling. `generate` is called with the same GenerationConfig as
 HFSampler except `output_scores`. Printed beside: 3 x B x L x V x 4 bytes (scores, their stack, the

@@ -186,3 +186,32 @@ def test_a_row_seeded_response_depends_only_on_its_seed_not_its_batch(pair):
     chosen = logp.gather(-1, packed.response_ids.unsqueeze(-1)).squeeze(-1)
     mu = pad_rows(runs[0].sampler_logprobs, packed.response_ids.shape[1])
     torch.testing.assert_close(chosen * packed.response_mask, mu, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{"greedy": True}, {"temperature": 1.0}, {"temperature": 0.7, "top_p": 0.8}])
+def test_recorded_behaviour_equals_generates_own_scores(pair, options):
+    """The sampler records log mu per emitted token instead of keeping output_scores' (B, L, V) rows;
+    the same seed must give the same tokens, and log mu / top-k equal to what output_scores holds."""
+    from transformers import GenerationConfig
+    from opdkit.models.rollout import left_pad
+    tok, model = pair
+    prompts, greedy = _prompts(tok), options.get("greedy", False)
+    torch.manual_seed(7)
+    r = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, prompts, max_new_tokens=9, record_topk=3, **options)
+    ids, attention = left_pad(prompts, tok.pad_token_id)
+    config = GenerationConfig(do_sample=not greedy, temperature=None if greedy else options["temperature"],
+                              top_p=None if greedy else options.get("top_p", 1.0), top_k=None if greedy else 0,
+                              max_new_tokens=9, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              output_scores=True, return_dict_in_generate=True)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)
+    logmu = torch.log_softmax(torch.stack(out.scores, 1).float(), -1)
+    new = out.sequences[:, ids.shape[1]:]
+    for row in range(len(r)):
+        n = len(r.response_ids[row])
+        assert r.response_ids[row] == new[row, :n].tolist()
+        torch.testing.assert_close(r.sampler_logprobs[row], logmu[row, torch.arange(n), new[row, :n]], rtol=0, atol=0)
+        top = logmu[row, :n].topk(3, -1)
+        assert torch.equal(r.topk_ids[row], top.indices)
+        torch.testing.assert_close(r.topk_logprobs[row], top.values, rtol=0, atol=0)

@@ -4,7 +4,9 @@
 `HFSampler` runs `model.generate` with a KV cache, temperature, top-p and EOS stopping, and
 records log mu(y_t) under the distribution it actually sampled from (after temperature and
 top-p), which the objectives use as the behaviour policy for the importance ratio. With
-`record_topk` it also keeps the sampler's top-k ids and log-probabilities.
+`record_topk` it also keeps the sampler's top-k ids and log-probabilities. Both are recorded
+inside generation by a logits processor (`BehaviourRecorder`), one (B, V) step at a time, so no
+(B, L, V) score tensor exists.
 `LowPrecisionCopy` is a bf16 copy of the student for rollouts (`rollout.sampler_dtype`):
 decoding a few sequences reads every weight per token, so half the bytes is up to twice
 the tokens per second; the trainer keeps its fp32 weights and syncs the copy every step.
@@ -77,22 +79,17 @@ class HFSampler:
         input_ids, attention = left_pad(prompts, self.pad_id, next(model.parameters()).device)
         rows = RowSeededSampling(row_seeds, temperature, top_p, record_topk) if row_seeds and not greedy else None
         sampled = not greedy and rows is None
+        recorder = rows or BehaviourRecorder(temperature if sampled else 1.0, top_p if sampled else 1.0, record_topk)
         # explicit sampling keys: a model's own defaults (top_k=50) must not leak in
         config = GenerationConfig(
             do_sample=sampled, temperature=temperature if sampled else None, top_p=top_p if sampled else None,
             top_k=0 if sampled else None, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id, output_scores=rows is None, return_dict_in_generate=True)
-        extra = {} if rows is None else {"logits_processor": LogitsProcessorList([rows])}
+            pad_token_id=self.pad_id, return_dict_in_generate=True)
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, **extra)
+            out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                 logits_processor=LogitsProcessorList([recorder]))
         new = out.sequences[:, input_ids.shape[1]:]                      # (B, steps)
-        if rows is not None:
-            chosen, top = rows.recorded(new.shape)
-        else:
-            scores = torch.stack(out.scores, dim=1).float() if out.scores else new.new_zeros(new.shape + (1,)).float()
-            logmu = F.log_softmax(scores, dim=-1)                          # what was sampled from
-            chosen = logmu.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            top = logmu.topk(record_topk, dim=-1) if record_topk else None
+        chosen, top = recorder.recorded(new)
         return self._rollouts(prompts, new, chosen, top)
 
     def _rollouts(self, prompts: list[list[int]], new: Tensor, chosen: Tensor, top) -> Rollouts:
@@ -107,6 +104,57 @@ class HFSampler:
                 rollouts.topk_ids.append(top.indices[row, :n].clone())
                 rollouts.topk_logprobs.append(top.values[row, :n].clone())
         return rollouts
+
+
+class BehaviourRecorder:
+    """A logits processor that records log mu of each emitted token and leaves the logits alone.
+
+    `output_scores` kept every step's (B, V) processed scores and the sampler stacked them twice more
+    to read one log-prob per token: three (B, L, V) fp32 buffers, 4.3 GB for one 4 x 256 Gemma rollout
+    (BENCHMARKS, issue 19 session 5). generate applies temperature and top-p after custom processors,
+    so this applies the same warpers to its own copy, holds that step's (B, V) log mu until the next
+    call shows which token was emitted (the last column of input_ids), and keeps only that entry.
+    """
+
+    def __init__(self, temperature: float, top_p: float, record_topk: int = 0):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+        self.warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
+                       ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.record_topk = record_topk
+        self.pending: Tensor | None = None               # this step's (B, V) log mu; its token comes next call
+        self.chosen, self.top_ids, self.top_values = [], [], []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self._settle(input_ids[:, -1])
+        warped = scores
+        for warper in self.warpers:
+            warped = warper(input_ids, warped)
+        self.pending = F.log_softmax(warped.float(), dim=-1)
+        if self.record_topk:
+            top = self.pending.topk(self.record_topk, dim=-1)
+            self.top_ids.append(top.indices)
+            self.top_values.append(top.values)
+        return scores
+
+    def _settle(self, emitted: Tensor) -> None:
+        if self.pending is not None:
+            self.chosen.append(self.pending.gather(-1, emitted.unsqueeze(-1).to(self.pending.device)).squeeze(-1))
+            self.pending = None
+
+    def recorded(self, new: Tensor):
+        """(B, steps) log mu of the emitted tokens `new` and (indices, values) of the top-k, or None."""
+        if new.shape[1]:
+            self._settle(new[:, -1])
+        return _stacked(self.chosen, self.top_ids, self.top_values, self.record_topk, new.shape)
+
+
+def _stacked(chosen: list[Tensor], top_ids: list[Tensor], top_values: list[Tensor], record_topk: int,
+             shape: torch.Size):
+    if not chosen:
+        return torch.zeros(shape), None
+    if not record_topk:
+        return torch.stack(chosen, 1), None
+    return torch.stack(chosen, 1), SimpleNamespace(values=torch.stack(top_values, 1), indices=torch.stack(top_ids, 1))
 
 
 class RowSeededSampling:
@@ -140,14 +188,9 @@ class RowSeededSampling:
             self.top_values.append(top.values)
         return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
 
-    def recorded(self, shape: torch.Size):
+    def recorded(self, new: Tensor):
         """(B, steps) log mu of the chosen tokens and (indices, values) of the top-k, or None."""
-        if not self.chosen:
-            return torch.zeros(shape), None
-        chosen = torch.stack(self.chosen, 1)
-        if not self.record_topk:
-            return chosen, None
-        return chosen, SimpleNamespace(values=torch.stack(self.top_values, 1), indices=torch.stack(self.top_ids, 1))
+        return _stacked(self.chosen, self.top_ids, self.top_values, self.record_topk, new.shape)
 
 
 def sample_in_decode_batches(sampler, model, prompts: list[list[int]], seeds: list[int], decode_batch: int,
