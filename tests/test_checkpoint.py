@@ -3,6 +3,7 @@ detected before any module is touched, and the RNG helpers."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -99,3 +100,24 @@ def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     target.write_text("old")
     checkpoint.atomic_write_text(target, "new: 1\n")
     assert target.read_text() == "new: 1\n" and os.listdir(tmp_path) == ["config.yaml"]
+
+
+class _InterruptWhenPickled:
+    """Sends this process SIGINT while torch.save is pickling the state: a Ctrl-C mid-write."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (0,))
+
+
+def test_ctrl_c_during_a_checkpoint_write_lands_after_the_write(tmp_path):
+    """Before the fix the interrupt escaped torch.save's zip writer as RuntimeError('unexpected pos')
+    and the checkpoint was lost; now the write completes and then the KeyboardInterrupt is raised."""
+    state = {"before": torch.zeros(4096), "interrupt": _InterruptWhenPickled(), "after": torch.ones(4096)}
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 3, {"student": torch.nn.Linear(3, 2)}, state)
+    saved = checkpoint.latest(tmp_path)
+    assert saved is not None and saved.name == "step_00000003"
+    assert torch.equal(torch.load(saved / "state.pt", weights_only=False)["after"], torch.ones(4096))
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -73,8 +75,36 @@ def _load_module(module, path: Path) -> None:
         load_model(module, str(path), strict=True)
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C during a checkpoint write takes effect when the write is done.
+
+    A KeyboardInterrupt inside torch.save's zip writer came back out of its __exit__ as
+    RuntimeError("unexpected pos ..."): a traceback and exit 1 instead of the one-line stop, and a
+    lost checkpoint (test_run_dir_safety, session 5). Python runs signal handlers in the main thread,
+    so swapping its SIGINT handler there is enough; the original handler runs once the write ends.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        previous(signal.SIGINT, None)
+
+
 def save(run_dir: Path, step: int, modules: dict, state: dict, keep: int = 2) -> Path:
     """Write modules (name -> nn.Module or state dict) and a picklable state dict as checkpoint `step`."""
+    with interrupts_deferred():
+        return _save(run_dir, step, modules, state, keep)
+
+
+def _save(run_dir: Path, step: int, modules: dict, state: dict, keep: int) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
