@@ -114,10 +114,15 @@ def test_ctrl_c_during_a_checkpoint_write_lands_after_the_write(tmp_path):
     """Before the fix the interrupt escaped torch.save's zip writer as RuntimeError('unexpected pos')
     and the checkpoint was lost; now the write completes and then the KeyboardInterrupt is raised."""
     state = {"before": torch.zeros(4096), "interrupt": _InterruptWhenPickled(), "after": torch.ones(4096)}
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.save(tmp_path, 3, {"student": torch.nn.Linear(3, 2)}, state)
+    # Python's own handler, as in `opdkit` run from a shell (a background `pytest &` starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(tmp_path, 3, {"student": torch.nn.Linear(3, 2)}, state)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     saved = checkpoint.latest(tmp_path)
     assert saved is not None and saved.name == "step_00000003"
     assert torch.equal(torch.load(saved / "state.pt", weights_only=False)["after"], torch.ones(4096))
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -302,7 +302,7 @@ def xtok_dir(tmp_path_factory, pair):
     lossy.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(),
                                                                normalizers.Replace(" ", "\u2581")])
     save_tiny(root / "lossy", layers=1, seed=1, tokenizer=lossy)
-    from transformers import ByT5Tokenizer            # slow (pure Python): no offsets, aligned by decoding
+    from transformers import ByT5Tokenizer  # slow (pure Python): no offsets, aligned by decoding
     save_tiny(root / "bytes", layers=1, seed=1, tokenizer=ByT5Tokenizer())
     with open(root / "train.jsonl", "w") as fh:
         for i in range(8):
@@ -336,7 +336,8 @@ def test_bad_cross_tokenizer_inputs_through_the_cli(xtok_dir, tmp_path):
                            r"model\.teachers\.a .* another tokenizer .* mixture .* use it alone"),
         "teacher_prefixes": ([*xtok, "objective.name=chunk_rkl", "rollout.source=teacher", f"run.out={tmp_path / 'f'}"],
                              r"rollout\.source=teacher: the teacher has another tokenizer"),
-        "probe": (["probe", "pair", *xtok[1:], "objective.name=chunk_rkl"], r"probe pair needs a local teacher .* a teacher with another tokenizer"),
+        "probe": (["probe", "pair", *xtok[1:], "objective.name=chunk_rkl"],
+                  r"probe pair needs a local teacher .* a teacher with another tokenizer"),
     }
     results = _run_cli({name: argv for name, (argv, _) in cases.items()}, tmp_path)
     import re

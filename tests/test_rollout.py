@@ -193,6 +193,7 @@ def test_recorded_behaviour_equals_generates_own_scores(pair, options):
     """The sampler records log mu per emitted token instead of keeping output_scores' (B, L, V) rows;
     the same seed must give the same tokens, and log mu / top-k equal to what output_scores holds."""
     from transformers import GenerationConfig
+
     from opdkit.models.rollout import left_pad
     tok, model = pair
     prompts, greedy = _prompts(tok), options.get("greedy", False)

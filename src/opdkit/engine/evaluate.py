@@ -22,8 +22,8 @@ from opdkit.models.multiteacher import member_kls
 from opdkit.models.rollout import Rollouts
 from opdkit.models.teachers import PromptRenderer, SelfTeacher, Teacher
 from opdkit.objectives import make_objective
-from opdkit.objectives.losses import XTOK
 from opdkit.objectives.logprobs import chunked_objective_loss
+from opdkit.objectives.losses import XTOK
 from opdkit.objectives.scores import ObjectiveInputs, upcast
 from opdkit.objectives.topk import support_metrics
 from opdkit.tasks.data import batches

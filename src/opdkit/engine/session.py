@@ -14,9 +14,9 @@ import torch
 from opdkit.engine.config import Config
 from opdkit.engine.precheck import check_before_loading, check_k_fits
 from opdkit.errors import ConfigError, DataError
-from opdkit.models.forward import StudentForward
 from opdkit.models.alignment import Aligner
 from opdkit.models.crosstok import CrossTokenizerTeacher, cross_tokenizer_notes
+from opdkit.models.forward import StudentForward
 from opdkit.models.loading import DTYPES, PairReport, load_model, load_tokenizer, other_tokenizer, preflight
 from opdkit.models.multiteacher import build_multi_teacher, check_routes
 from opdkit.models.rollout import HFSampler, LowPrecisionCopy
