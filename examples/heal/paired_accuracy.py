@@ -5,7 +5,7 @@ each accuracy with its 95% Wilson interval and, against the untrained student on
 the problems lost and gained and McNemar's exact p-value (opdkit.lab.proportions). Per-problem
 results go to `--out` (JSON) so other tables can be built from them without rerunning.
 
-    python examples/heal/paired_accuracy.py runs/h5/topk_rkl_tail --data examples/data/arith_words/heldout_solvable64.jsonl
+    python examples/heal/paired_accuracy.py runs/heal64/topk_rkl_tail runs/heal64/rkl --out runs/heal64/paired.json
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from pathlib import Path
 
 import torch
 import yaml
+from show_answers import answers  # examples/heal/show_answers.py (same directory)
 
 from opdkit.lab.proportions import paired_accuracy, wilson
 from opdkit.models import checkpoint
 from opdkit.models.loading import load_model, load_tokenizer
 from opdkit.tasks.data import load_jsonl
 from opdkit.tasks.rewards import make_reward
-
-from show_answers import answers   # examples/heal/show_answers.py (same directory)
 
 
 def trained(model_dir: str, run: Path):
@@ -42,14 +41,20 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--teacher", action="store_true", help="answer with the full model too (the filter's "
+                    "teacher_greedy field already records its greedy result)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok, examples = load_tokenizer(args.model), load_jsonl(args.data)
     examples = examples[: args.limit] if args.limit else examples
     reward = make_reward("numeric")
     drop = [int(i) for i in args.drop.split(",") if i]
-    models = {"teacher (full model)": lambda: load_model(args.model),
-              "student before training": lambda: load_model(args.model, drop=drop)}
+    models = {"teacher (full model)": lambda: load_model(args.model)} if args.teacher else {}
+    models["student before training"] = lambda: load_model(args.model, drop=drop)
+    rows = [json.loads(line) for line in open(args.data) if line.strip()][: len(examples)]
+    if not args.teacher and all("teacher_greedy" in r for r in rows):
+        k = sum(r["teacher_greedy"] for r in rows)
+        print(f"teacher (full model), from the filter: {k}/{len(rows)} greedy", flush=True)
     models.update({f"{run.name} {checkpoint.latest(run).name}": (lambda run=run: trained(args.model, run))
                    for run in args.runs})
     correct = {}
