@@ -106,7 +106,39 @@ class HFSampler:
         return rollouts
 
 
-class BehaviourRecorder:
+class _StepRecorder:
+    """What both logits processors share: generate's temperature / top-p warpers, and a per-step record
+    of log mu for the emitted token and the top-k (never a (B, L, V) tensor)."""
+
+    def __init__(self, temperature: float, top_p: float, record_topk: int):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+        self.warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
+                       ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.record_topk = record_topk
+        self.chosen, self.top_ids, self.top_values = [], [], []
+
+    def _log_mu(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """log mu of this step, as generate samples it; records its top-k."""
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        logmu = F.log_softmax(scores.float(), dim=-1)
+        if self.record_topk:
+            top = logmu.topk(self.record_topk, dim=-1)
+            self.top_ids.append(top.indices)
+            self.top_values.append(top.values)
+        return logmu
+
+    def _stacked(self, shape: torch.Size):
+        """(B, steps) log mu of the chosen tokens and (indices, values) of the top-k, or None."""
+        if not self.chosen:
+            return torch.zeros(shape), None
+        chosen = torch.stack(self.chosen, 1)
+        if not self.record_topk:
+            return chosen, None
+        return chosen, SimpleNamespace(values=torch.stack(self.top_values, 1), indices=torch.stack(self.top_ids, 1))
+
+
+class BehaviourRecorder(_StepRecorder):
     """A logits processor that records log mu of each emitted token and leaves the logits alone.
 
     `output_scores` kept every step's (B, V) processed scores and the sampler stacked them twice more
@@ -117,23 +149,12 @@ class BehaviourRecorder:
     """
 
     def __init__(self, temperature: float, top_p: float, record_topk: int = 0):
-        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-        self.warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
-                       ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
-        self.record_topk = record_topk
+        super().__init__(temperature, top_p, record_topk)
         self.pending: Tensor | None = None               # this step's (B, V) log mu; its token comes next call
-        self.chosen, self.top_ids, self.top_values = [], [], []
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         self._settle(input_ids[:, -1])
-        warped = scores
-        for warper in self.warpers:
-            warped = warper(input_ids, warped)
-        self.pending = F.log_softmax(warped.float(), dim=-1)
-        if self.record_topk:
-            top = self.pending.topk(self.record_topk, dim=-1)
-            self.top_ids.append(top.indices)
-            self.top_values.append(top.values)
+        self.pending = self._log_mu(input_ids, scores)  # the warpers return new tensors: scores stay as they are
         return scores
 
     def _settle(self, emitted: Tensor) -> None:
@@ -145,19 +166,10 @@ class BehaviourRecorder:
         """(B, steps) log mu of the emitted tokens `new` and (indices, values) of the top-k, or None."""
         if new.shape[1]:
             self._settle(new[:, -1])
-        return _stacked(self.chosen, self.top_ids, self.top_values, self.record_topk, new.shape)
+        return self._stacked(new.shape)
 
 
-def _stacked(chosen: list[Tensor], top_ids: list[Tensor], top_values: list[Tensor], record_topk: int,
-             shape: torch.Size):
-    if not chosen:
-        return torch.zeros(shape), None
-    if not record_topk:
-        return torch.stack(chosen, 1), None
-    return torch.stack(chosen, 1), SimpleNamespace(values=torch.stack(top_values, 1), indices=torch.stack(top_ids, 1))
-
-
-class RowSeededSampling:
+class RowSeededSampling(_StepRecorder):
     """A logits processor that samples every row from its own torch.Generator, then forces that token.
 
     generate runs greedy around it, so the token it leaves unmasked is the one emitted. The draw
@@ -168,29 +180,19 @@ class RowSeededSampling:
     """
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, record_topk: int = 0):
-        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+        super().__init__(temperature, top_p, record_topk)
         self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        self.warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
-                       ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
-        self.record_topk = record_topk
-        self.chosen, self.top_ids, self.top_values = [], [], []
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        logmu = F.log_softmax(scores.float(), dim=-1)
+        logmu = self._log_mu(input_ids, scores)
         race = torch.stack([torch.empty(scores.shape[-1]).exponential_(generator=g) for g in self.generators])
         choice = (logmu - race.to(logmu.device).log()).argmax(-1, keepdim=True)       # (B, 1)
         self.chosen.append(logmu.gather(-1, choice).squeeze(-1))
-        if self.record_topk:
-            top = logmu.topk(self.record_topk, dim=-1)
-            self.top_ids.append(top.indices)
-            self.top_values.append(top.values)
         return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
 
     def recorded(self, new: Tensor):
         """(B, steps) log mu of the chosen tokens and (indices, values) of the top-k, or None."""
-        return _stacked(self.chosen, self.top_ids, self.top_values, self.record_topk, new.shape)
+        return self._stacked(new.shape)
 
 
 def sample_in_decode_batches(sampler, model, prompts: list[list[int]], seeds: list[int], decode_batch: int,
