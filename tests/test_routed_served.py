@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 from conftest import engine_overrides
-from test_served import vllm_server
+from test_served import serve_json, vllm_server
 
 from opdkit import cli
 from opdkit.engine.config import load_config
@@ -41,24 +39,7 @@ def test_top_k_only_is_what_a_top_k_teacher_reports_of_the_full_scores():
 
 def _serve(model):
     """A local HTTP server answering /v1/completions in vLLM's format from `model` (K top log-probs)."""
-    answer = vllm_server(model, K)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            body = json.dumps(answer(self.path, payload)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_json(vllm_server(model, K))
 
 
 def _routed(tiny_dir, tmp_path):

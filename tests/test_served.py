@@ -110,18 +110,17 @@ def test_a_run_with_a_served_teacher_and_the_default_objective_is_refused(tiny_d
         build_session(load_config("distill", None, over))
 
 
-def test_scores_over_real_http_from_a_server_speaking_vllms_format(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)          # the server is local
+def serve_json(answer):
+    """A local HTTP server on a free port: each POST's JSON body goes to answer(path, payload), whose
+    result is sent back as JSON. The caller shuts it down."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    seen = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            seen.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            body = json.dumps(CANNED).encode()
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps(answer(self.path, payload)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -133,6 +132,14 @@ def test_scores_over_real_http_from_a_server_speaking_vllms_format(monkeypatch):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_scores_over_real_http_from_a_server_speaking_vllms_format(monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)          # the server is local
+    seen = []
+    server = serve_json(lambda path, payload: seen.append((path, payload)) or CANNED)
     try:
         teacher = ServedTeacher(f"http://127.0.0.1:{server.server_port}/v1/", "teacher", lambda example: [5, 7], 2)
         scores = teacher.score(["example"], [[9, 11]])
