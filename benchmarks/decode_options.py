@@ -81,15 +81,9 @@ def main() -> None:
         print(f"decode_options: error: no model at {a.model_dir}; pass --model-dir", file=sys.stderr)
         raise SystemExit(2)
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from opdkit.models.loading import keep_every_nth_layer
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32).eval()
-    keep_every_nth_layer(base, 3)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"{cpu}; torch {torch.__version__}, {a.threads} thread(s); batch {a.batch}, context {a.context}, "
+    from decode_step import cpu_model, pruned_student  # beside this file
+    base = pruned_student(a.model_dir, a.threads)
+    print(f"{cpu_model()}; torch {torch.__version__}, {a.threads} thread(s); batch {a.batch}, context {a.context}, "
           f"{a.tokens} new tokens; load average at start {open('/proc/loadavg').read().split()[0]}\n")
     print("| dtype | arm | first call wall s | CPU ms/token per repeat | median | x dynamic (per-repeat ratios) | "
           "wall ms/token median |")

@@ -72,6 +72,24 @@ def measure(model, batch: int, context: int, tokens: int) -> dict:
             "lm_head_share_of_bytes": head.numel() / sum(w.numel() for w in weights)}
 
 
+def pruned_student(model_dir: Path, threads: int):
+    """The benchmarks' student: the model at `model_dir` cut to every third layer, fp32, eval mode,
+    loaded after seeding torch and setting its thread count (decode_options.py uses it too)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from opdkit.models.loading import keep_every_nth_layer
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    keep_every_nth_layer(base, 3)
+    return base
+
+
+def cpu_model() -> str:
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=HERE / "out" / "smol-hf")
@@ -85,15 +103,8 @@ def main() -> None:
               f"`python benchmarks/opd_step_vs_trl.py --only smol` or pass --model-dir", file=sys.stderr)
         raise SystemExit(2)
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from opdkit.models.loading import keep_every_nth_layer
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32).eval()
-    keep_every_nth_layer(base, 3)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"{cpu}; torch {torch.__version__}, {a.threads} thread(s); batch {a.batch}, context {a.context}, "
+    base = pruned_student(a.model_dir, a.threads)
+    print(f"{cpu_model()}; torch {torch.__version__}, {a.threads} thread(s); batch {a.batch}, context {a.context}, "
           f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters\n")
     print("| dtype | generate ms/step | forward ms | weight matmuls ms | lm-head ms | weight MB | matmul GB/s | "
           "lm-head share of bytes | sampling+generate overhead ms | non-matmul forward ms |")
