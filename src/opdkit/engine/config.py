@@ -173,7 +173,8 @@ class GuardConfig:
                       "above_rel, below_rel, window, patience, action: warn|stop|rollback|drop_teacher, lr_factor, "
                       "switch_objective, why, teacher (model.teachers: watch and act on this one), drop_teacher "
                       "(rollback: also stop using `teacher`)}", factory=list)
-    baseline_steps: int = doc("steps whose mean is each metric's baseline for relative bounds", 5)
+    baseline_steps: int = doc("steps whose mean is each metric's baseline for relative bounds (an eval/ "
+                              "metric's baseline is its step-0 evaluation)", 5)
     max_rollbacks: int = doc("rollbacks before the guard stops the run instead", 2)
 
 

@@ -145,6 +145,10 @@ def validate_guard(cfg: Config, provides: str) -> None:
         if rule.teacher:
             evaluates = bool(cfg.run.eval_every and cfg.data.eval) and rule.teacher not in served_members(cfg.model.teachers)
             validate_teacher_rule(rule, list(cfg.model.teachers), cfg.teacher.combine, evaluates)
+        elif rule.name in written and rule.metric.startswith("eval/") and not (cfg.run.eval_every and cfg.data.eval):
+            # a default eval/ rule just stays idle without evaluation; a rule the user wrote would never fire
+            raise ConfigError(f"guard rule {rule.name!r} watches {rule.metric!r}, logged only by in-run evaluation: "
+                              f"set data.eval and run.eval_every, or watch a diag/ metric")
         target = rule.switch_objective
         if not target:
             continue

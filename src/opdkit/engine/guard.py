@@ -4,7 +4,10 @@ A rule watches one metric (e.g. `diag/p_k`), smooths it over `window` steps, and
 it with absolute bounds (`above`, `below`) and bounds relative to the run's own baseline
 (`above_rel`, `below_rel`: multiples of the metric's mean over the first `baseline_steps`
 steps). All given bounds must hold; after `patience` consecutive steps the rule fires once
-(it re-arms when the condition clears). Actions:
+(it re-arms when the condition clears). An `eval/` metric is logged only at evaluation steps
+(run.eval_every): its window and patience count evaluations, its baseline is its value in the
+run's "before" evaluation at step 0 (`observe_before`), and its onset is the step of the first
+evaluation in the window. Actions:
 
 - warn: an event in events.jsonl and a console line;
 - stop: checkpoint and stop the run with the alarm as the message;
@@ -25,7 +28,9 @@ the runner only carries them out (checkpoints, logs).
 
 The default rules are the collapse signatures of the paper: the student's mass draining off
 its own top-K (mechanism 2's "+1" term), hedge words and repeated 3-grams rising (the
-"maybe" loops), entropy collapsing, responses running to the budget, top-K overlap falling.
+"maybe" loops), entropy collapsing, responses running to the budget, top-K overlap falling;
+and, when the run evaluates, its greedy held-out answers starting to loop (`eval_repeat`).
+`replay` runs a guard over a finished run's metrics rows (what it would have said).
 """
 from __future__ import annotations
 
@@ -116,6 +121,13 @@ DEFAULT_RULES = [
     # With no checkpoint from before the onset, the rollback becomes a stop.
     Rule("repeat_loops", "diag/repeat_ratio", above=0.6, window=3, patience=3, action="rollback",
          lr_factor=0.5, why="most response tokens repeat an earlier 3-gram: the student is looping"),
+    # Greedy held-out answers, not temperature-1 samples: a student can loop greedily while its samples
+    # do not (the Gemma -> SmolLM2 run: eval 0.05 -> 0.61 by step 6, samples below 0.16; RESULTS.md
+    # "Guard: eval repetition rule"). Both bounds: a student that starts repetitive (the pruned SmolLM2's
+    # arithmetic answers: 0.42) must also get half as repetitive again. One evaluation is enough to act.
+    Rule("eval_repeat", "eval/repeat_ratio", above=0.5, above_rel=1.5, action="rollback", lr_factor=0.5,
+         why="over half of the greedy held-out answers' tokens repeat an earlier 3-gram, 1.5x the start: "
+             "the student is learning to loop"),
     Rule("hedging", "diag/hedge_rate", above_rel=3.0, above=20.0, window=3, patience=3, action="warn",
          why="hedge words ('wait', 'maybe', ...) rising: revision tokens pulling the student sideways"),
     Rule("entropy_collapse", "diag/student_entropy", below_rel=0.25, window=3, patience=3, action="warn",
@@ -146,6 +158,7 @@ class _Track:
     streak: int = 0
     fired: bool = False
     streak_start: int = 0
+    steps: deque = field(default_factory=deque)     # the steps of `values` (an eval/ metric skips steps)
 
 
 @dataclass
@@ -172,11 +185,20 @@ class Guard:
 
     def _baseline(self, metric: str, value: float) -> float | None:
         seen = self._seen.setdefault(metric, [])
-        if len(seen) < self.baseline_steps:
+        if metric not in self.baselines and len(seen) < self.baseline_steps:
             seen.append(value)
             if len(seen) == self.baseline_steps:
                 self.baselines[metric] = sum(seen) / len(seen)
         return self.baselines.get(metric)
+
+    def observe_before(self, metrics: dict) -> None:
+        """The run's step-0 ("before") evaluation: each watched metric in it that has no baseline yet
+        takes its value as the baseline. Evaluations are few, so the mean of the first
+        `baseline_steps` of them would come too late; the untrained student is the reference."""
+        for metric in {r.watched for r in self.rules}:
+            value = metrics.get(metric)
+            if isinstance(value, (int, float)) and metric not in self.baselines:
+                self.baselines[metric] = float(value)
 
     def _holds(self, rule: Rule, value: float, baseline: float | None) -> bool:
         checks = []
@@ -205,12 +227,14 @@ class Guard:
             value = metrics.get(rule.watched)
             if not isinstance(value, (int, float)):
                 continue
-            track = self._tracks.setdefault(rule.name, _Track(deque(maxlen=rule.window)))
+            track = self._tracks.setdefault(rule.name, _Track(deque(maxlen=rule.window), steps=deque(maxlen=rule.window)))
             track.values.append(float(value))
+            track.steps.append(step)
             smooth = sum(track.values) / len(track.values)
-            if self._holds(rule, smooth, baselines.get(rule.metric)):
-                if track.streak == 0:
-                    track.streak_start = step - len(track.values) + 1
+            if self._holds(rule, smooth, baselines.get(rule.watched)):
+                if track.streak == 0:       # the window's first step (a track resumed without steps: every step seen)
+                    full = len(track.steps) == len(track.values)
+                    track.streak_start = track.steps[0] if full else step - len(track.values) + 1
                 track.streak += 1
             else:
                 track.streak, track.fired = 0, False
@@ -245,13 +269,29 @@ class Guard:
     def state_dict(self) -> dict:
         return {"baselines": dict(self.baselines), "seen": {k: list(v) for k, v in self._seen.items()},
                 "tracks": {k: {"values": list(t.values), "maxlen": t.values.maxlen, "streak": t.streak,
-                               "fired": t.fired, "streak_start": t.streak_start} for k, t in self._tracks.items()}}
+                               "fired": t.fired, "streak_start": t.streak_start, "steps": list(t.steps)}
+                           for k, t in self._tracks.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """A state from `state_dict` (one saved before tracks kept their steps loads too)."""
         self.baselines = dict(state["baselines"])
         self._seen = {k: list(v) for k, v in state["seen"].items()}
-        self._tracks = {k: _Track(deque(t["values"], maxlen=t["maxlen"]), t["streak"], t["fired"], t["streak_start"])
+        self._tracks = {k: _Track(deque(t["values"], maxlen=t["maxlen"]), t["streak"], t["fired"], t["streak_start"],
+                                  deque(t.get("steps", ()), maxlen=t["maxlen"]))
                         for k, t in state["tracks"].items()}
+
+
+def replay(guard: Guard, rows: list[dict]) -> list[Alarm]:
+    """The alarms `guard` raises over a run's metrics rows (metrics.jsonl, in order), acting on none:
+    the step-0 row is the before evaluation, every other row one step. A run that rolled back has
+    only its kept rows in metrics.jsonl, so its replay is the kept trajectory's."""
+    alarms = []
+    for row in rows:
+        if row["step"] == 0:
+            guard.observe_before(row)
+        else:
+            alarms += guard.observe(row["step"], row)
+    return alarms
 
 
 def describe_alarm(alarm: Alarm) -> str:

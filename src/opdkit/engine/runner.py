@@ -120,6 +120,8 @@ class Runner:
             self.switch_objective(objective)
         if self.guard is not None and saved.get("guard"):
             self.guard.load_state_dict(saved["guard"])
+        if self.guard is not None:          # a checkpoint saved without eval/ baselines (older, or guard was off)
+            self.guard.observe_before({f"eval/{k}": v for k, v in self.before_eval().items()})
         self.apply_dropped()
         self.log.truncate_after(self.step)
         self.log.event(self.step, "resumed", checkpoint=str(path))
@@ -138,7 +140,10 @@ class Runner:
         if self.loop_settings.eval_every:       # the "before" numbers, logged as step 0
             with self.s.dist.full_weights():
                 result = evaluate_session(self.s, teacher_side=True, max_new_tokens=self.state.max_new_tokens)
-            self.log.log(0, {f"eval/{k}": v for k, v in result.items()})
+            before = {f"eval/{k}": v for k, v in result.items()}
+            self.log.log(0, before)
+            if self.guard is not None:
+                self.guard.observe_before(before)     # eval/ rules compare with the untrained student
 
     # ---------------------------------------------------------------- the loop
     def loop(self, until: int | None = None) -> list[dict]:
