@@ -1,6 +1,6 @@
 """Do a static KV cache and a compiled decode step pay on this CPU? (issue 19 item 2)
 
-    python benchmarks/decode_options.py [--model-dir /work/models/smollm2-fp32] [--threads 1] [--repeats 3]
+    python benchmarks/decode_options.py [--model-dir benchmarks/out/smol-hf] [--threads 1] [--repeats 3]
 
 The rollout student of benchmarks/opd_step_vs_trl.py (SmolLM2-135M, layers 0, 3, ..., 27: 10
 layers, 63.7M parameters, V = 49,152), batch 4, 40-token prompts, 64 new tokens sampled at
@@ -69,7 +69,7 @@ def run(model, batch: int, context: int, tokens: int, repeats: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", type=Path, default=Path("/work/models/smollm2-fp32"))
+    p.add_argument("--model-dir", type=Path, default=Path(__file__).resolve().parent / "out" / "smol-hf")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--context", type=int, default=40)
@@ -78,7 +78,8 @@ def main() -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     a = p.parse_args()
     if not (a.model_dir / "config.json").is_file():
-        print(f"decode_options: error: no model at {a.model_dir}; pass --model-dir", file=sys.stderr)
+        print(f"decode_options: error: no model at {a.model_dir}; convert it with "
+              f"`python benchmarks/opd_step_vs_trl.py --only smol` or pass --model-dir", file=sys.stderr)
         raise SystemExit(2)
     import torch
     from decode_step import cpu_model, pruned_student  # beside this file

@@ -228,9 +228,9 @@ def run_floor(env: dict, out: Path) -> dict:
 
 def machine() -> dict:
     import torch
+    from decode_step import cpu_model  # beside this file (on sys.path above)
     flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "isa": sorted(f for f in flags if f.startswith(("avx512", "amx")))}
 
 
