@@ -121,13 +121,14 @@ def _events(run_dir, kind):
 
 
 def test_the_default_eval_repeat_rule_rolls_back_a_run_that_learns_to_loop(tiny_dir, tmp_path):
-    free = _eval_trail(read_metrics(_run_sft(_loop_overrides(tiny_dir, tmp_path / "free", **{"guard.enabled": False}))))
+    run(load_config("sft", overrides=_loop_overrides(tiny_dir, tmp_path / "free", **{"guard.enabled": False})))
+    free = _eval_trail(read_metrics(tmp_path / "free" / "metrics.jsonl"))
     bound = max(0.5, 1.5 * free[0])
     looped = [s for s in sorted(free) if s > 0 and free[s] > bound]
     assert looped, f"the unguarded run never looped: {free}"               # else the test proves nothing
     out = tmp_path / "guarded"
     try:
-        _run_sft(_loop_overrides(tiny_dir, out, **{"guard.max_rollbacks": 1}))
+        run(load_config("sft", overrides=_loop_overrides(tiny_dir, out, **{"guard.max_rollbacks": 1})))
     except GuardStopped as stopped:
         assert "eval_repeat" in str(stopped)
     alarm = _events(out, "alarm")[0]
@@ -138,9 +139,16 @@ def test_the_default_eval_repeat_rule_rolls_back_a_run_that_learns_to_loop(tiny_
     assert looped[0] in {r["step"] for r in read_metrics(out / "abandoned.jsonl")}
 
 
-def _run_sft(overrides):
-    run(load_config("sft", overrides=overrides))
-    return next(iter(o.split("=", 1)[1] for o in overrides if o.startswith("run.out="))) + "/metrics.jsonl"
+def test_an_eval_rule_with_action_stop_stops_at_the_looping_evaluation_with_a_checkpoint(tiny_dir, tmp_path):
+    rule = json.dumps([{"name": "eval_repeat", "metric": "eval/repeat_ratio", "above": 0.5, "above_rel": 1.5,
+                        "action": "stop"}])
+    out = tmp_path / "r"
+    with pytest.raises(GuardStopped, match="eval_repeat at step"):
+        run(load_config("sft", overrides=_loop_overrides(tiny_dir, out, **{"guard.rules": rule})))
+    stop = _events(out, "guard_stop")[0]["step"]
+    trail = _eval_trail(read_metrics(out / "metrics.jsonl"))
+    assert trail[stop] > max(0.5, 1.5 * trail[0]) and all(trail[s] <= max(0.5, 1.5 * trail[0]) for s in trail if s < stop)
+    assert (out / "checkpoints" / f"step_{stop:08d}").is_dir()
 
 
 def test_an_eval_rule_resumes_exactly(tiny_dir, tmp_path):
