@@ -206,6 +206,23 @@ def test_only_runs_one_arm_per_call_and_equals_one_call(tiny_dir, tmp_path):
     assert sft_final and all(torch.equal(params[k], sft_final[k]) for k in sft_final)
     opd_first = read_metrics(split / "run" / "opd" / "metrics.jsonl")[0]
     assert opd_first["step"] == 1 and opd_first["train/loss"] > 0                 # OPD from the SFT'd student trained
+    for stage in ("alone", "opd"):         # examples/heal's loader: the base model pruned, or the hand-off as is
+        model = heal_loader().trained(str(tiny_dir / "teacher"), split / "run" / stage)
+        final = weights(split / "run" / stage / "checkpoints" / "step_00000003" / "student.safetensors")
+        params = dict(model.named_parameters())
+        assert model.config.num_hidden_layers == 1 and all(torch.equal(params[k], final[k]) for k in final), stage
+
+
+def heal_loader():
+    """examples/heal/show_answers.py as a module (the example scripts import each other by directory)."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "heal"))
+    try:
+        return importlib.import_module("show_answers")
+    finally:
+        sys.path.pop(0)
 
 
 @pytest.mark.parametrize("only, message", [

@@ -15,25 +15,13 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
-from show_answers import answers  # examples/heal/show_answers.py (same directory)
+from show_answers import answers, trained  # examples/heal/show_answers.py (same directory)
 
 from opdkit.lab.proportions import paired_accuracy, wilson
 from opdkit.models import checkpoint
 from opdkit.models.loading import load_model, load_tokenizer
 from opdkit.tasks.data import load_jsonl
 from opdkit.tasks.rewards import make_reward
-
-
-def trained(model_dir: str, run: Path):
-    """The run's newest checkpoint in a student built as its config says; a student handed off by a recipe
-    stage (an exported, already-pruned directory) is built from that directory, not from `model_dir`."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
-    own = cfg.get("student") or ""
-    model_dir = own if own != model_dir and (Path(own) / "config.json").is_file() else model_dir
-    model = load_model(model_dir, keep_every=cfg.get("drop_layers_every") or 0, drop=cfg.get("drop_layers") or [])
-    checkpoint.load(checkpoint.latest(run), {"student": model})
-    return model
 
 
 def main() -> None:
