@@ -54,3 +54,25 @@ def test_fix3_verdict_needs_all_three_and_names_the_null(warm):
     assert out["i"] and out["ii"] and not out["iii"] and not out["holds"] and out["null"]
     rebound = rows((0, 4.0, .5, 2), (20, 1.0, .3, 1), (40, 1.3, .3, 1))
     assert not warm.fix3_verdict(alone, rebound, rebound[1:])["ii"]
+
+
+def test_answer_nll_is_the_token_mean_of_unpadded_per_row_scores(tiny_dir):
+    """Batched with right padding == each row alone, scored by hand from the model's logits."""
+    import torch
+
+    from opdkit.models.loading import load_model
+    sys.path.insert(0, str(HEAL))
+    try:
+        nll = importlib.import_module("teacher_answer_nll")
+    finally:
+        sys.path.remove(str(HEAL))
+    model = load_model(str(tiny_dir / "teacher"))
+    prompts, responses = [[5, 6, 7], [8], [9, 10]], [[11, 12], [13, 14, 15, 16], [17]]
+    total, count = 0.0, 0
+    for p, r in zip(prompts, responses):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + r])).logits[0].float(), -1)
+        total -= sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(r))
+        count += len(r)
+    for batch in (1, 2, 3):
+        assert nll.answer_nll(model, prompts, responses, pad_id=0, batch=batch) == pytest.approx(total / count, rel=1e-5)
