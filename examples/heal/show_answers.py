@@ -57,7 +57,7 @@ def main() -> None:
     drop = [int(i) for i in args.drop.split(",") if i]
     models = {"full model (the teacher), no PI": lambda: load_model(args.model)}
     if args.keep_every:
-        models[f"student of every {args.keep_every}th layer, before training"] = \
+        models[f"student keeping every n-th layer (n = {args.keep_every}), before training"] = \
             lambda: load_model(args.model, keep_every=args.keep_every)
     elif drop:
         models[f"student without layers {drop}, before training"] = lambda: load_model(args.model, drop=drop)

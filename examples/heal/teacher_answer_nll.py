@@ -68,7 +68,7 @@ def main() -> None:
     prompts = [PromptRenderer(tok)(e) for e in examples]
     responses = teacher_answers(args.model, tok, prompts, args.max_new_tokens, args.cache)
     models = {"teacher (full model)": lambda: load_model(args.model),
-              f"student of every {args.keep_every}th layer, before training":
+              f"student keeping every n-th layer (n = {args.keep_every}), before training":
                   lambda: load_model(args.model, keep_every=args.keep_every)}
     models.update({f"{run.name} {checkpoint.latest(run).name}": (lambda run=run: trained(args.model, run))
                    for run in args.runs})

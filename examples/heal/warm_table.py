@@ -4,7 +4,8 @@ verdicts (RESULTS.md, "Issue 18 item 4") and a figure.
     python examples/heal/warm_table.py runs/warm --figure docs/warm_far_student.png
 
 Arm A is the `opd_alone` stage; arm B is `sft` followed by `opd`, whose steps are counted on from the end of
-`sft` (its step k is total step sft_steps + k), so both arms share the axis "optimizer steps spent".
+`sft` (its step k is total step sft_steps + k), so both arms share the axis "optimizer steps spent". The
+follow-ups C (`sft` then `opd_rkl`) and D (`sft40`, SFT continued to 40 steps) are added where they ran.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from table import KEYS, evals, time_log  # examples/heal/table.py (same directory)
 
 LOOP_REPEAT, LOOP_ENTROPY = 0.6, 0.5       # the loop signature, as pre-registered
+FOLLOW_UPS = {"C: SFT, then full RKL": ("sft", "opd_rkl"), "D: SFT alone": ("sft40",)}
 
 
 def chained(stages: list[list[dict]]) -> list[dict]:
@@ -91,8 +93,14 @@ def main() -> None:
         print(markdown(warm))
     if opd:
         print("\nH:", json.dumps(fix3_verdict(alone, warm, warm[len(sft):])))
+    arms = {"A: OPD alone": alone, "B: SFT, then OPD": warm}
+    for name, stages in FOLLOW_UPS.items():                  # the exploratory arms C and D, where they ran
+        if all((args.root / s / "metrics.jsonl").is_file() for s in stages):
+            arms[name] = chained([evals(args.root / s) for s in stages])
+            print(f"\n{name} ({time_log(args.root / f'{stages[-1]}.log')})")
+            print(markdown(arms[name]))
     if args.figure:
-        figure(args.figure, {"A: OPD alone": alone, "B: SFT, then OPD": warm}, sft[-1]["step"] if sft else 0)
+        figure(args.figure, arms, sft[-1]["step"] if sft else 0)
 
 
 if __name__ == "__main__":
