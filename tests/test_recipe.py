@@ -173,3 +173,66 @@ def test_a_gguf_loaded_model_exports_and_reloads_unchanged(tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert again.config.num_hidden_layers == 3
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def arms(tiny_dir) -> list:
+    """Issue 18 item 4's shape in miniature: OPD alone against SFT then OPD, from a layer-dropped student."""
+    pruned = {"model.student": str(tiny_dir / "teacher"), "model.drop_layers_every": 2}
+    return [{"name": "alone", "kind": "distill", "config": pruned},
+            {"name": "sft", "kind": "sft", "config": {**pruned, "teacher.sft_traces": "teacher"}},
+            {"name": "opd", "kind": "distill", "student": "sft"}]
+
+
+def test_only_runs_one_arm_per_call_and_equals_one_call(tiny_dir, tmp_path):
+    from opdkit.engine.session import build_session
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    whole.mkdir(), split.mkdir()
+    run_recipe(load_recipe(write(whole, tiny_dir, arms(tiny_dir), **{"model.teacher": str(tiny_dir / "teacher")})),
+               echo=quiet)
+    path = write(split, tiny_dir, arms(tiny_dir), **{"model.teacher": str(tiny_dir / "teacher")})
+    state = run_recipe(load_recipe(path), resume=True, only=["alone"], echo=quiet)
+    assert list(state["stages"]) == ["alone"] and not (split / "run" / "sft").exists()
+    state = run_recipe(load_recipe(path), resume=True, only=["sft", "opd"], echo=quiet)
+    assert list(state["stages"]) == ["alone", "sft", "opd"]
+    for stage in ("alone", "sft", "opd"):
+        a = weights(whole / "run" / stage / "model" / "model.safetensors")
+        b = weights(split / "run" / stage / "model" / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    recipe = load_recipe(path)
+    student = build_session(stage_config(recipe, recipe.stages[2])).student     # the hand-off, as opd loaded it
+    assert student.config.num_hidden_layers == 1                                  # already pruned: not pruned again
+    sft_final = weights(split / "run" / "sft" / "checkpoints" / "step_00000003" / "student.safetensors")
+    params = dict(student.named_parameters())
+    assert sft_final and all(torch.equal(params[k], sft_final[k]) for k in sft_final)
+    opd_first = read_metrics(split / "run" / "opd" / "metrics.jsonl")[0]
+    assert opd_first["step"] == 1 and opd_first["train/loss"] > 0                 # OPD from the SFT'd student trained
+    for stage in ("alone", "opd"):         # examples/heal's loader: the base model pruned, or the hand-off as is
+        model = heal_loader().trained(str(tiny_dir / "teacher"), split / "run" / stage)
+        final = weights(split / "run" / stage / "checkpoints" / "step_00000003" / "student.safetensors")
+        params = dict(model.named_parameters())
+        assert model.config.num_hidden_layers == 1 and all(torch.equal(params[k], final[k]) for k in final), stage
+
+
+def heal_loader():
+    """examples/heal/show_answers.py as a module (the example scripts import each other by directory)."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "heal"))
+    try:
+        return importlib.import_module("show_answers")
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.mark.parametrize("only, message", [
+    ("opd", "stage 'opd' hands off from 'sft', which has not run; add it: --only sft,opd"),
+    ("alone,nope", "no stage named 'nope'"),
+])
+def test_cli_refuses_a_bad_only_in_one_line(tiny_dir, tmp_path, capsys, only, message):
+    from opdkit.cli import main
+    path = write(tmp_path, tiny_dir, arms(tiny_dir), **{"model.teacher": str(tiny_dir / "teacher")})
+    assert main(["recipe", str(path), "--only", only]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not (tmp_path / "run" / "alone").exists()                              # refused before any stage ran

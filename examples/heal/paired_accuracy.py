@@ -6,6 +6,7 @@ the problems lost and gained and McNemar's exact p-value (opdkit.lab.proportions
 results go to `--out` (JSON) so other tables can be built from them without rerunning.
 
     python examples/heal/paired_accuracy.py runs/heal64/topk_rkl_tail runs/heal64/rkl --out runs/heal64/paired.json
+    python examples/heal/paired_accuracy.py --keep-every 3 runs/warm/opd_alone runs/warm/opd   # the far student
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
-from show_answers import answers  # examples/heal/show_answers.py (same directory)
+from show_answers import answers, trained  # examples/heal/show_answers.py (same directory)
 
 from opdkit.lab.proportions import paired_accuracy, wilson
 from opdkit.models import checkpoint
@@ -24,18 +24,13 @@ from opdkit.tasks.data import load_jsonl
 from opdkit.tasks.rewards import make_reward
 
 
-def trained(model_dir: str, run: Path):
-    cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
-    model = load_model(model_dir, keep_every=cfg.get("drop_layers_every") or 0, drop=cfg.get("drop_layers") or [])
-    checkpoint.load(checkpoint.latest(run), {"student": model})
-    return model
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--model", default="/work/models/smollm2-fp32")
     ap.add_argument("--drop", default="12,13,14,15", help="layers removed for the untrained student")
+    ap.add_argument("--keep-every", type=int, default=0, help="build the untrained student from every n-th layer "
+                    "instead (3: the far student of RESULTS (b) and issue 18 item 4; --drop is then ignored)")
     ap.add_argument("--data", default="examples/data/arith_words/heldout_solvable64.jsonl")
     ap.add_argument("--limit", type=int, default=0, help="first N problems (0: all)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -50,7 +45,8 @@ def main() -> None:
     reward = make_reward("numeric")
     drop = [int(i) for i in args.drop.split(",") if i]
     models = {"teacher (full model)": lambda: load_model(args.model)} if args.teacher else {}
-    models["student before training"] = lambda: load_model(args.model, drop=drop)
+    models["student before training"] = lambda: load_model(args.model, keep_every=args.keep_every,
+                                                            drop=[] if args.keep_every else drop)
     rows = [json.loads(line) for line in open(args.data) if line.strip()][: len(examples)]
     if not args.teacher and all("teacher_greedy" in r for r in rows):
         k = sum(r["teacher_greedy"] for r in rows)

@@ -6,7 +6,7 @@
     opdkit eval [--config FILE] [key=value ...]          accuracy, length, rule rate, teacher KL
     opdkit preflight [--config FILE] [key=value ...]     pair checks + identity self-test, no training
     opdkit probe pair|prefix|pi [--config FILE] [key=value ...]   can this run work? numbers + verdict
-    opdkit recipe FILE.yaml [--resume] [--out DIR]   chained sft/grpo/distill/self-distill/eval stages
+    opdkit recipe FILE.yaml [--resume] [--out DIR] [--only S,..]  chained sft/grpo/distill/self-distill/eval stages
     opdkit task arithmetic --n N --out DIR  procedural word problems: DIR/train.jsonl, DIR/heldout.jsonl
     opdkit export RUN_DIR --out DIR         the newest checkpoint as a Hugging Face model directory
     opdkit report RUN_DIR [RUN_DIR ...] [--out report.html]   curves, alarms, word clouds, probes, config
@@ -157,7 +157,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    run_recipe(load_recipe(args.file, args.out), resume=args.resume)
+    only = [name for name in (args.only or "").split(",") if name]
+    run_recipe(load_recipe(args.file, args.out), resume=args.resume, only=only or None)
     return 0
 
 
@@ -263,6 +264,9 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--resume", action="store_true", help="skip finished stages; resume the unfinished one")
     p.add_argument("--out", default=None, help="run directory (default: the recipe's `out`)")
+    p.add_argument("--only", default=None, metavar="STAGE[,STAGE]",
+                   help="run only these stages (their hand-offs must be finished or listed too); with --resume "
+                        "a later call runs the others in the same directory")
     p.set_defaults(func=_recipe)
 
     p = sub.add_parser("task", help="write a procedurally generated task with train and held-out splits")

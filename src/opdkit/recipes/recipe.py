@@ -18,7 +18,8 @@ metrics), ending at `optim.steps` or at the stage's `until` criterion (`opdkit.r
 
 OUT/recipe.json records the recipe and every finished stage, written atomically after
 each stage; `--resume` skips finished stages and resumes the unfinished one from its own
-newest checkpoint.
+newest checkpoint. `--only a,b` runs just those stages (one arm of a comparison as its own job, for
+its own wall time and peak RSS); their hand-offs must be finished already or among them.
 """
 from __future__ import annotations
 
@@ -235,14 +236,18 @@ def start_state(recipe: Recipe, resume: bool) -> dict:
 
 # ----------------------------------------------------------------------------- running
 
-def run_recipe(recipe: Recipe, resume: bool = False, echo=print) -> dict:
-    """Run every unfinished stage in order; returns the recipe state (a summary per stage)."""
+def run_recipe(recipe: Recipe, resume: bool = False, echo=print, only: list[str] | None = None) -> dict:
+    """Run every unfinished stage in order (or only the stages named in `only`); returns the recipe state."""
     recipe.out.mkdir(parents=True, exist_ok=True)
     state = start_state(recipe, resume)
+    selected = check_only(recipe, state, only)
     write_state(recipe.out, state)
     for stage in recipe.stages:
         if stage.name in state["stages"]:
             echo(f"[recipe] {stage.name}: done earlier, skipped")
+            continue
+        if stage.name not in selected:
+            echo(f"[recipe] {stage.name}: not in --only, skipped")
             continue
         echo(f"[recipe] {stage.name} ({stage.kind}) -> {recipe.out / stage.name}")
         summary = run_eval_stage(recipe, stage) if stage.kind == "eval" else run_training_stage(recipe, stage)
@@ -251,6 +256,23 @@ def run_recipe(recipe: Recipe, resume: bool = False, echo=print) -> dict:
         echo(f"[recipe] {stage.name}: {format_summary(summary)}")
     echo(format_table(state))
     return state
+
+
+def check_only(recipe: Recipe, state: dict, only: list[str] | None) -> set[str]:
+    """The stages to run: all, or `only`, each of whose stage hand-offs is finished or also selected."""
+    names = recipe.names()
+    if not only:
+        return set(names)
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ConfigError(f"--only: no stage named {', '.join(map(repr, unknown))}; the recipe's stages: {', '.join(names)}")
+    for stage in recipe.stages:
+        missing = [v for _, v in references(stage) if stage.name in only and v in names
+                   and v not in only and v not in state["stages"]]
+        if missing:
+            raise ConfigError(f"--only: stage {stage.name!r} hands off from {missing[0]!r}, which has not run; "
+                              f"add it: --only {','.join([missing[0], *only])}")
+    return set(only)
 
 
 def run_training_stage(recipe: Recipe, stage: Stage) -> dict:
