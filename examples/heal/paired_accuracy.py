@@ -113,7 +113,7 @@ def main() -> None:
                     "teacher_greedy field already records its greedy result)")
     ap.add_argument("--rule", nargs=2, action="append", default=[], metavar=("PI", "CHECK"),
                     help="answer with the untrained model given PI too; read rule rates with CHECK (repeatable)")
-    ap.add_argument("--pi-placement", default="user", choices=("user", "system"))
+    ap.add_argument("--pi-placement", default="user", choices=("user", "user_end", "system"))
     ap.add_argument("--base-nll", action="store_true", help="the untrained model's NLL of each model's answers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
