@@ -70,13 +70,13 @@ def token_mean_nll(model, prompts: list[list[int]], responses: list[list[int]]) 
 
 def plan(args, tok, examples) -> dict:
     """name -> (build the model, its prompts, the checks to read its answers with)."""
-    bare = [PromptRenderer(tok)(e) for e in examples]
+    bare = [PromptRenderer(tok, args.system)(e) for e in examples]
     rules = {f"rule {i + 1}": check for i, (_, check) in enumerate(args.rule)}
     drop = [int(i) for i in args.drop.split(",") if i]
     models = {"teacher (full model)": (lambda: load_model(args.model), bare, rules)} if args.teacher else {}
     models[BASE] = (lambda: load_model(args.model, drop=drop), bare, rules)
     for i, (pi, check) in enumerate(args.rule):
-        with_pi = [PromptRenderer(tok, fixed_pi=pi, placement=args.pi_placement, with_pi=True)(e) for e in examples]
+        with_pi = [PromptRenderer(tok, args.system, pi, args.pi_placement, with_pi=True)(e) for e in examples]
         models[f"untrained with rule {i + 1} as PI"] = (lambda: load_model(args.model, drop=drop), with_pi,
                                                          {f"rule {i + 1}": check})
     for run in args.runs:
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--rule", nargs=2, action="append", default=[], metavar=("PI", "CHECK"),
                     help="answer with the untrained model given PI too; read rule rates with CHECK (repeatable)")
     ap.add_argument("--pi-placement", default="user", choices=("user", "user_end", "system"))
+    ap.add_argument("--system", default="", help="data.system_prompt for every model ('': the template's default)")
     ap.add_argument("--base-nll", action="store_true", help="the untrained model's NLL of each model's answers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -129,7 +130,7 @@ def main() -> None:
     if not args.teacher and all("teacher_greedy" in r for r in rows):
         print(f"teacher (full model), from the filter: {sum(r['teacher_greedy'] for r in rows)}/{len(rows)} greedy",
               flush=True)
-    bare = [PromptRenderer(tok)(e) for e in examples]
+    bare = [PromptRenderer(tok, args.system)(e) for e in examples]
     base_model = load_model(args.model) if args.base_nll else None
     correct, rule_hits, nll, texts_out = {}, {}, {}, {}
     for name, (build, prompts, checks) in plan(args, tok, examples).items():
