@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import engine_overrides
 
 from opdkit.engine.config import load_config
 from opdkit.engine.runner import run
@@ -22,8 +23,6 @@ from opdkit.models import checkpoint
 from opdkit.models.loading import load_model, load_tokenizer
 from opdkit.tasks.data import load_jsonl
 from opdkit.tasks.rewards import make_check, numeric_reward
-
-from conftest import engine_overrides
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "heal" / "paired_accuracy.py"
 sys.path.insert(0, str(SCRIPT.parent))
