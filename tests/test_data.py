@@ -32,12 +32,15 @@ def test_different_seeds_give_different_orders():
     assert len(orders) > 1
 
 
-def test_pi_goes_to_the_system_message_or_before_the_prompt():
+def test_pi_goes_to_the_system_message_before_or_after_the_prompt():
     assert messages("q") == [{"role": "user", "content": "q"}]
     assert messages("q", system="s", pi="rule") == [{"role": "system", "content": "rule\n\ns"},
                                                     {"role": "user", "content": "q"}]
     assert messages("q", system="s", pi="rule", pi_placement="user") == [{"role": "system", "content": "s"},
                                                                          {"role": "user", "content": "rule\n\nq"}]
+    assert messages("q", system="s", pi="rule", pi_placement="user_end") == [{"role": "system", "content": "s"},
+                                                                             {"role": "user", "content": "q\n\nrule"}]
+    assert messages("q", pi_placement="user_end") == [{"role": "user", "content": "q"}]     # no PI: the student's turn
 
 
 def test_prompt_limit_skips_or_keeps_the_end():

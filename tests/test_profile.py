@@ -99,3 +99,25 @@ def test_bf16_teacher_trains_with_finite_loss_close_to_fp32(tiny_dir, tmp_path):
         from opdkit.engine.runner import run
         losses[dtype] = run(cfg, session=s)[0]["train/loss"]
     assert losses["bfloat16"] == pytest.approx(losses[""], rel=0.05)
+
+
+def test_bf16_frozen_self_teacher_is_a_cast_copy_and_trains_close_to_fp32(tiny_dir, tmp_path):
+    """model.teacher_dtype casts only the frozen self-teacher's copy: the student stays fp32, the copy holds the
+    student's initial weights rounded to bf16, and one OPSD step's loss stays within bf16 rounding of fp32's."""
+    import torch
+
+    from opdkit.engine.config import load_config
+    from opdkit.engine.runner import run
+    from opdkit.engine.session import build_session
+    losses = {}
+    for dtype in ("", "bfloat16"):
+        cfg = load_config("self-distill", overrides=engine_overrides(tiny_dir, tmp_path / (dtype or "fp32"), **{
+            "data.pi": "always answer in spanish.", "model.teacher_dtype": dtype, "optim.steps": 1}))
+        s = build_session(cfg)
+        student, copy = dict(s.student.named_parameters()), dict(s.teacher.model().named_parameters())
+        assert s.teacher.model() is not s.student and all(p.dtype == torch.float32 for p in student.values())
+        for name, weight in copy.items():
+            assert weight.dtype == (torch.bfloat16 if dtype else torch.float32)
+            assert torch.equal(weight, student[name].detach().to(weight.dtype))
+        losses[dtype] = run(cfg, session=s)[0]["train/loss"]
+    assert losses["bfloat16"] == pytest.approx(losses[""], rel=0.05)

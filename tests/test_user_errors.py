@@ -55,6 +55,10 @@ def _cases(t: Path, w: Path) -> dict[str, tuple[list[str], str]]:
                                       r"guard rule 'x' needs at least one of above, below"),
         "guard_rule_bad_key": (["sft", *base, "guard.rules=[{name: x, metric: train/loss, abov: 1}]", out("j")],
                                r"guard rule 'x' has no key 'abov'; did you mean 'above'\?"),
+        "self_distill_bf16_ema_teacher": (["self-distill", *base, "data.pi=be brief.", "teacher.self_weights=ema",
+                                           "model.teacher_dtype=bfloat16", out("k2")],
+                                          r"model\.teacher_dtype=bfloat16 with self-distill casts the frozen teacher's "
+                                          r"own copy.*use teacher\.self_weights=frozen"),
         "self_distill_without_pi": (["self-distill", *base, f"data.train={w / 'no_pi.jsonl'}", out("k")],
                                     r"self-distill: no example in .*no_pi\.jsonl has privileged information"),
         "run_out_is_a_file": (["sft", *base, f"run.out={w / 'a_file'}"], r"run\.out=.*a_file is an existing file"),

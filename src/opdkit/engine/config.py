@@ -67,7 +67,7 @@ class DataConfig:
     answer_field: str = doc("key of the gold answer (GRPO rewards, eval accuracy)", "answer")
     response_field: str = doc("key of a given response (SFT on given traces)", "response")
     pi: str = doc("fixed privileged information shown to the teacher only (a system prompt or rule)", "")
-    pi_placement: str = doc("where PI goes: 'system' (a system message) or 'user' (before the prompt)", "system")
+    pi_placement: str = doc("where PI goes: 'system' (a system message), 'user' (before the prompt) or 'user_end' (after it)", "system")
     system_prompt: str = doc("a system prompt both student and teacher see", "")
     max_prompt_tokens: int = doc("prompt token limit (after the chat template)", 512)
     overlong: str = doc("prompts over the limit: 'skip' (counted in the log) or 'truncate' (keep the end)", "skip")
@@ -199,7 +199,7 @@ class Config:
 CHOICES = {
     "mode": MODES, "model.dtype": ("float32", "bfloat16", "float16"),
     "model.teacher_dtype": ("", "float32", "bfloat16", "float16"), "rollout.sampler_dtype": ("", "bfloat16", "float16"),
-    "model.teacher_template": ("", "student", "teacher", "plain"), "data.pi_placement": ("system", "user"),
+    "model.teacher_template": ("", "student", "teacher", "plain"), "data.pi_placement": ("system", "user", "user_end"),
     "data.overlong": ("skip", "truncate"), "teacher.self_weights": ("frozen", "live", "ema"),
     "teacher.sft_traces": ("data", "teacher"), "reward.kind": ("numeric", "exact", "contains"),
     "optim.schedule": ("constant", "linear", "cosine"), "optim.state": ("fp32", "8bit"), "run.parallel": ("ddp", "fsdp"),

@@ -53,6 +53,10 @@ def validate(cfg: Config, need_train: bool = True) -> None:
     if cfg.optim.state == "8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("optim.state=8bit needs bitsandbytes (its CPU path was verified with 0.50.2): "
                           "`pip install bitsandbytes`, or set optim.state=fp32")
+    if cfg.mode == "self-distill" and cfg.model.teacher_dtype and (cfg.teacher.self_weights != "frozen" or cfg.model.lora_r):
+        raise ConfigError(f"model.teacher_dtype={cfg.model.teacher_dtype} with self-distill casts the frozen teacher's own "
+                          f"copy; a live, EMA or LoRA self-teacher shares or tracks the student's weights: use "
+                          f"teacher.self_weights=frozen without model.lora_r, or unset model.teacher_dtype")
     if cfg.rollout.sampler_dtype and cfg.rollout.engine != "hf":
         raise ConfigError("rollout.sampler_dtype applies to the HF sampler; vLLM keeps its own copy in its own dtype")
     if cfg.rollout.decode_batch and cfg.rollout.engine != "hf":

@@ -115,6 +115,7 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
         renderer = PromptRenderer(tokenizer, d.system_prompt, d.pi, d.pi_placement, with_pi=True)
         teacher = SelfTeacher(student, renderer, tokenizer.pad_token_id, report_vocab, cfg.teacher.self_weights,
                               cfg.teacher.ema_decay, cfg.teacher.temperature)
+        _self_teacher_dtype(teacher, cfg.model.teacher_dtype)
         return teacher, tokenizer, PairReport(vocab=report_vocab)
     if cfg.model.teachers:
         teacher, report = build_multi_teacher(cfg, student, tokenizer, report_vocab)
@@ -136,6 +137,13 @@ def build_teacher(cfg: Config, student, tokenizer, report_vocab: int):
                               plain=cfg.model.teacher_template == "plain")
     teacher = ModelTeacher(teacher_model, renderer, tokenizer.pad_token_id, report.vocab, cfg.teacher.temperature)
     return teacher, teacher_tok, report
+
+
+def _self_teacher_dtype(teacher: SelfTeacher, dtype: str) -> None:
+    """Cast a frozen self-teacher's own copy to model.teacher_dtype: it never trains, so only scoring speed and
+    precision change, as for a separate teacher (config_checks refuses a live, EMA or LoRA self-teacher)."""
+    if dtype and teacher.copy is not None and teacher.weights == "frozen":
+        teacher.copy.to(DTYPES[dtype])
 
 
 def build_cross_teacher(cfg: Config, tokenizer, teacher_tok, vocab: int):

@@ -81,9 +81,10 @@ def _parse_line(path: Path, lineno: int, line: str, names: dict, require: tuple[
 
 
 def messages(prompt: str, system: str = "", pi: str = "", pi_placement: str = "system") -> list[dict]:
-    """Chat messages for one prompt; PI (teacher only) joins the system message or precedes the prompt."""
+    """Chat messages for one prompt; PI (teacher only) joins the system message ('system'), precedes the
+    prompt ('user') or follows it ('user_end': the question keeps its place at the start of the turn)."""
     system_text = "\n\n".join(s for s in (pi if pi_placement == "system" else "", system) if s)
-    user_text = f"{pi}\n\n{prompt}" if pi and pi_placement == "user" else prompt
+    user_text = {"user": f"{pi}\n\n{prompt}", "user_end": f"{prompt}\n\n{pi}"}.get(pi_placement, prompt) if pi else prompt
     out = [{"role": "system", "content": system_text}] if system_text else []
     return out + [{"role": "user", "content": user_text}]
 
