@@ -35,7 +35,7 @@ def test_pi_reaches_only_the_pi_model_prompts(tiny_dir):
     tok = load_tokenizer(str(tiny_dir / "student"))
     examples = load_jsonl(str(tiny_dir / "train.jsonl"))[:3]
     args = SimpleNamespace(rule=[[PI, "contains:el"]], drop="", model=str(tiny_dir / "student"), teacher=False,
-                           runs=[], pi_placement="user", system="")
+                           runs=[], pi_placement="user", system="", keep_every=0)
     models = paired_accuracy.plan(args, tok, examples)
     assert list(models) == [paired_accuracy.BASE, "untrained with rule 1 as PI"]
     bare, with_pi = models[paired_accuracy.BASE][1], models["untrained with rule 1 as PI"][1]
