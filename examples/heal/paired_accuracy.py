@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from show_answers import trained  # examples/heal/show_answers.py (same directory): recipe hand-offs too
+from show_answers import trained, untrained  # examples/heal/show_answers.py (same directory): recipe hand-offs too
 
 from opdkit.lab.proportions import paired_accuracy, wilson
 from opdkit.models import checkpoint
@@ -69,12 +69,11 @@ def plan(args, tok, examples) -> dict:
     rules = {f"rule {i + 1}": check for i, (_, check) in enumerate(args.rule)}
     drop = [int(i) for i in args.drop.split(",") if i]
     models = {"teacher (full model)": (lambda: load_model(args.model), bare, rules)} if args.teacher else {}
-    untrained = (lambda: load_model(args.model, keep_every=args.keep_every)) if args.keep_every else \
-        (lambda: load_model(args.model, drop=drop))
-    models[BASE] = (untrained, bare, rules)
+    before = lambda: untrained(args.model, args.keep_every, drop)  # noqa: E731
+    models[BASE] = (before, bare, rules)
     for i, (pi, check) in enumerate(args.rule):
         with_pi = [PromptRenderer(tok, args.system, pi, args.pi_placement, with_pi=True)(e) for e in examples]
-        models[f"untrained with rule {i + 1} as PI"] = (untrained, with_pi,
+        models[f"untrained with rule {i + 1} as PI"] = (before, with_pi,
                                                          {f"rule {i + 1}": check})
     for run in args.runs:
         checks = {**rules, **({"run.check": run_check(run)} if run_check(run) else {})}

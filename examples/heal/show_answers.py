@@ -41,6 +41,11 @@ def trained(model_dir: str, run: Path):
     return model
 
 
+def untrained(model_dir: str, keep_every: int, drop: list[int]):
+    """The student before training: every `keep_every`-th layer when that is set, else without `drop`."""
+    return load_model(model_dir, keep_every=keep_every) if keep_every else load_model(model_dir, drop=drop)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="*", type=Path)
@@ -56,11 +61,9 @@ def main() -> None:
     tok, examples = load_tokenizer(args.model), load_jsonl(args.data)[: args.n]
     drop = [int(i) for i in args.drop.split(",") if i]
     models = {"full model (the teacher), no PI": lambda: load_model(args.model)}
-    if args.keep_every:
-        models[f"student keeping every n-th layer (n = {args.keep_every}), before training"] = \
-            lambda: load_model(args.model, keep_every=args.keep_every)
-    elif drop:
-        models[f"student without layers {drop}, before training"] = lambda: load_model(args.model, drop=drop)
+    if args.keep_every or drop:
+        cut = f"keeping every n-th layer (n = {args.keep_every})" if args.keep_every else f"without layers {drop}"
+        models[f"student {cut}, before training"] = lambda: untrained(args.model, args.keep_every, drop)
     for run in args.runs:
         models[f"{run.name}, {checkpoint.latest(run).name}"] = lambda run=run: trained(args.model, run)
     for name, build in models.items():
