@@ -54,9 +54,9 @@ def test_nll_matches_one_forward_per_prefix(tiny_dir):
             for j, token in enumerate(response):
                 logits = model(torch.tensor([prompt + response[:j]])).logits[0, -1].float()
                 per_token.append(-float(logits.log_softmax(-1)[token]))
-    got = paired_accuracy.token_mean_nll(model, prompts, responses)
+    got = paired_accuracy.answer_nll(model, prompts, responses, pad_id=0)
     assert got == pytest.approx(sum(per_token) / len(per_token), rel=1e-4)
-    assert paired_accuracy.token_mean_nll(model, [[3]], [[]]) == 0.0        # no tokens: nothing to score
+    assert paired_accuracy.answer_nll(model, [[3]], [[]], pad_id=0) == 0.0        # no tokens: nothing to score
 
 
 @pytest.mark.slow

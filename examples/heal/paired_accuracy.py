@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from show_answers import trained, untrained  # examples/heal/show_answers.py (same directory): recipe hand-offs too
+from teacher_answer_nll import answer_nll  # the token-mean NLL of given answers (same directory)
 
 from opdkit.lab.proportions import paired_accuracy, wilson
 from opdkit.models import checkpoint
@@ -47,20 +48,6 @@ def greedy(model, tok, prompts: list[list[int]], max_new_tokens: int) -> list[li
     out = HFSampler(tok.eos_token_id, tok.pad_token_id).sample(model, prompts, max_new_tokens=max_new_tokens,
                                                                  greedy=True)
     return out.response_ids
-
-
-@torch.no_grad()
-def token_mean_nll(model, prompts: list[list[int]], responses: list[list[int]]) -> float:
-    """-log p(response | prompt) under `model`, summed over all response tokens, over their number."""
-    total, count = 0.0, 0
-    for prompt, response in zip(prompts, responses, strict=True):
-        if not response:
-            continue
-        ids = torch.tensor([prompt + response])
-        logp = model(ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
-        total -= float(logp.gather(-1, torch.tensor(response)[:, None]).sum())
-        count += len(response)
-    return total / max(count, 1)
 
 
 def plan(args, tok, examples) -> dict:
@@ -138,7 +125,7 @@ def main() -> None:
         correct[name] = [bool(reward(t, e.answer)) for t, e in zip(texts, examples, strict=True)]
         rule_hits[name] = {rule: [bool(make_check(spec)(t)) for t in texts] for rule, spec in checks.items()}
         if base_model is not None:
-            nll[name] = token_mean_nll(base_model, bare, ids)
+            nll[name] = answer_nll(base_model, bare, ids, tok.pad_token_id)
         print(describe(name, correct, rule_hits, nll), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"data": args.data, "max_new_tokens": args.max_new_tokens,
